@@ -1,0 +1,180 @@
+//! The `run` command: load, attach, then keep the maps equal to what the
+//! source describes until told to stop. On SIGTERM the programs and maps stay:
+//! the dataplane outlives the agent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::datapath::{self, PinLayout, PinnedMaps};
+use crate::diff::diff;
+use crate::model::{self, Config};
+use crate::skip::Skipped;
+use crate::source::yaml_dir;
+use crate::tables::{self, Ids, Tables};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Directory of Service and EndpointSlice manifests to serve.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Device to attach the tc ingress program to (repeat for each).
+    #[arg(long = "device", required = true)]
+    devices: Vec<String>,
+    /// How often to look for changes in the manifest directory.
+    #[arg(long, default_value_t = 200)]
+    poll_ms: u64,
+    /// Value of the `service.kubernetes.io/service-proxy-name` label that
+    /// names this proxy.
+    #[arg(long)]
+    proxy_name: Option<String>,
+}
+
+pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
+    datapath::ensure_bpffs(bpffs)?;
+    let mut ebpf = datapath::load(&layout)?;
+    let _logger = spawn_ebpf_logger(&mut ebpf);
+    for device in &args.devices {
+        datapath::attach_tc_ingress(&mut ebpf, &layout, device)?;
+    }
+    let mut maps = PinnedMaps::open(&layout)?;
+    let mut sync = Sync::adopt(&maps)?;
+    let config = Config {
+        proxy_name: args.proxy_name.clone(),
+    };
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut seen = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(args.poll_ms));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = tick.tick() => {}
+        }
+        let fingerprint = match yaml_dir::fingerprint(&args.manifests) {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::warn!(dir = %args.manifests.display(), %error, "cannot read manifest directory; keeping what is programmed");
+                continue;
+            }
+        };
+        if seen.as_ref() == Some(&fingerprint) && !sync.needs_retry {
+            continue;
+        }
+        match yaml_dir::read(&args.manifests) {
+            Ok((snapshot, skipped)) => {
+                sync.run(&mut maps, &snapshot, &config, skipped);
+                seen = Some(fingerprint);
+            }
+            Err(error) => tracing::warn!(%error, "reading manifests failed; keeping what is programmed"),
+        }
+    }
+    tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
+    Ok(())
+}
+
+/// Forwards the programs' aya-log records into tracing (through `log`).
+fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(error) => {
+            tracing::warn!(%error, "eBPF logs unavailable");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd and keeps it open for as long
+    // as the AsyncFd (which owns the logger) is registered.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.ok()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}
+
+/// What the agent believes the maps hold, and the counters about it.
+struct Sync {
+    current: Tables,
+    ids: Ids,
+    needs_retry: bool,
+    last_skipped: Vec<Skipped>,
+    skipped_total: BTreeMap<&'static str, u64>,
+    generation: u64,
+}
+
+impl Sync {
+    fn adopt(maps: &PinnedMaps) -> anyhow::Result<Self> {
+        let current = maps.read_tables().context("reading pinned maps")?;
+        tracing::info!(
+            services = current.services.len(),
+            backends = current.backends.len(),
+            "adopted pinned datapath state"
+        );
+        Ok(Sync {
+            ids: Ids::adopt(&current),
+            current,
+            needs_retry: false,
+            last_skipped: Vec::new(),
+            skipped_total: BTreeMap::new(),
+            generation: 0,
+        })
+    }
+
+    fn run(&mut self, maps: &mut PinnedMaps, snapshot: &crate::source::Snapshot, config: &Config, mut skipped: Vec<Skipped>) {
+        let started = Instant::now();
+        let (model, model_skipped) = model::build(&snapshot.services, &snapshot.slices, config);
+        skipped.extend(model_skipped);
+        let (wanted, table_skipped) = tables::from_model(&model, &mut self.ids);
+        skipped.extend(table_skipped);
+        self.report_skipped(skipped);
+
+        let ops = diff(&self.current, &wanted);
+        let failures = maps.apply(&ops);
+        self.generation += 1;
+        if failures.is_empty() {
+            self.current = wanted;
+            self.needs_retry = false;
+        } else {
+            for failure in &failures {
+                tracing::error!(op = ?failure.op, error = %failure.error, "map write failed; will retry");
+            }
+            // Believe the kernel, not the plan, about what is there now.
+            match maps.read_tables() {
+                Ok(actual) => self.current = actual,
+                Err(error) => tracing::error!(%error, "re-reading maps failed"),
+            }
+            self.needs_retry = true;
+        }
+        tracing::info!(
+            generation = self.generation,
+            frontends = wanted_len(&self.current),
+            backends = self.current.backends.len(),
+            ops = ops.len(),
+            failed = failures.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "synced"
+        );
+    }
+
+    fn report_skipped(&mut self, skipped: Vec<Skipped>) {
+        for s in &skipped {
+            *self.skipped_total.entry(s.reason.label()).or_default() += 1;
+            if !self.last_skipped.contains(s) {
+                tracing::warn!(object = %s.object, reason = s.reason.label(), "skipped");
+            }
+        }
+        self.last_skipped = skipped;
+    }
+}
+
+fn wanted_len(t: &Tables) -> usize {
+    t.services.len()
+}

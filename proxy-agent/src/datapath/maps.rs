@@ -1,0 +1,106 @@
+use std::path::Path;
+
+use anyhow::Context;
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use proxy_common::{
+    maps::{BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, SERVICES_MAP, VERDICTS_MAP},
+    Backend, BackendSlotKey, CtKey, CtValue, ServiceKey, ServiceValue, Verdict,
+};
+
+use super::PinLayout;
+use crate::diff::Op;
+use crate::tables::Tables;
+
+/// Handles on the pinned maps, opened from bpffs so the agent and the
+/// inspection commands use the same code whether or not programs are loaded.
+pub struct PinnedMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    slots: HashMap<MapData, BackendSlotKey, u32>,
+    backends: HashMap<MapData, u32, Backend>,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
+    verdicts: PerCpuArray<MapData, u64>,
+}
+
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub op: Op,
+    pub error: String,
+}
+
+fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+impl PinnedMaps {
+    pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
+        let dir = layout.maps();
+        Ok(PinnedMaps {
+            services: open(&dir, SERVICES_MAP)?.try_into()?,
+            slots: open(&dir, BACKEND_SLOTS_MAP)?.try_into()?,
+            backends: open(&dir, BACKENDS_MAP)?.try_into()?,
+            conntrack: open(&dir, CONNTRACK_MAP)?.try_into()?,
+            verdicts: open(&dir, VERDICTS_MAP)?.try_into()?,
+        })
+    }
+
+    /// What the maps hold now; a restarted agent diffs against this.
+    pub fn read_tables(&self) -> anyhow::Result<Tables> {
+        let mut tables = Tables::default();
+        for entry in self.services.iter() {
+            let (k, v) = entry?;
+            tables.services.insert(k, v);
+        }
+        for entry in self.slots.iter() {
+            let (k, v) = entry?;
+            tables.slots.insert(k, v);
+        }
+        for entry in self.backends.iter() {
+            let (k, v) = entry?;
+            tables.backends.insert(k, v);
+        }
+        Ok(tables)
+    }
+
+    /// Applies `ops` in order. A failed write is reported and the rest still
+    /// go through: one bad entry must not hold every other Service hostage.
+    pub fn apply(&mut self, ops: &[Op]) -> Vec<ApplyFailure> {
+        let mut failures = Vec::new();
+        for op in ops {
+            let result = match op {
+                Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
+                Op::PutSlot(k, id) => self.slots.insert(k, id, 0),
+                Op::PutService(k, v) => self.services.insert(k, v, 0),
+                Op::DeleteService(k) => self.services.remove(k),
+                Op::DeleteSlot(k) => self.slots.remove(k),
+                Op::DeleteBackend(id) => self.backends.remove(id),
+            };
+            if let Err(error) = result {
+                failures.push(ApplyFailure {
+                    op: op.clone(),
+                    error: error.to_string(),
+                });
+            }
+        }
+        failures
+    }
+
+    /// Verdict counters summed over CPUs.
+    pub fn verdicts(&self) -> anyhow::Result<Vec<(Verdict, u64)>> {
+        let mut out = Vec::new();
+        for verdict in Verdict::ALL {
+            let per_cpu = self.verdicts.get(&verdict.index(), 0)?;
+            out.push((verdict, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    pub fn conntrack_entries(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
+        let mut out = Vec::new();
+        for entry in self.conntrack.iter() {
+            out.push(entry?);
+        }
+        Ok(out)
+    }
+}

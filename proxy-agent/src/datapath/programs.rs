@@ -1,0 +1,89 @@
+use std::path::Path;
+
+use anyhow::Context;
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use super::PinLayout;
+
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+
+const TC_INGRESS: &str = "proxy_tc_ingress";
+
+/// Loads the programs. Maps already pinned under `layout` are reused, so a
+/// new agent picks up the services, backends and flows of the one before it.
+pub fn load(layout: &PinLayout) -> anyhow::Result<Ebpf> {
+    std::fs::create_dir_all(layout.maps())?;
+    std::fs::create_dir_all(layout.links())?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(layout.maps())
+        .load(PROGRAM_OBJECT)
+        .context("loading the eBPF object")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TC_INGRESS)
+        .context("tc ingress program missing from the object")?
+        .try_into()?;
+    program.load().context("loading the tc ingress program (verifier)")?;
+    Ok(ebpf)
+}
+
+/// Attaches the tc ingress program to `device` with a pinned tcx link. If a
+/// previous agent left a link there, its program is replaced in place
+/// (atomically, by the kernel), so no packet ever meets an empty hook.
+pub fn attach_tc_ingress(ebpf: &mut Ebpf, layout: &PinLayout, device: &str) -> anyhow::Result<()> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TC_INGRESS)
+        .context("tc ingress program missing")?
+        .try_into()?;
+    let pin = layout.tc_ingress_link(device);
+    if pin.exists() {
+        match replace_pinned(program, &pin) {
+            Ok(()) => {
+                tracing::info!(device, "replaced program on existing tc ingress link");
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::warn!(device, %error, "stale tc ingress link; attaching afresh");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let link_id = program
+        .attach_with_options(device, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching tc ingress to {device}"))?;
+    let link: FdLink = program.take_link(link_id)?.try_into()?;
+    link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+    tracing::info!(device, "attached tc ingress");
+    Ok(())
+}
+
+fn replace_pinned(program: &mut SchedClassifier, pin: &Path) -> anyhow::Result<()> {
+    let link: FdLink = PinnedLink::from_pin(pin)?.into();
+    let link = SchedClassifierLink::try_from(link)?;
+    let id = program.attach_to_link(link)?;
+    // The pin keeps the link alive; dropping our handle only closes our fd.
+    drop(program.take_link(id)?);
+    Ok(())
+}
+
+/// Detaches every program and removes every map this agent pinned.
+pub fn cleanup(layout: &PinLayout) -> anyhow::Result<()> {
+    if !layout.root.exists() {
+        tracing::info!(path = %layout.root.display(), "nothing to clean up");
+        return Ok(());
+    }
+    // Unpinning the last reference to a tcx link detaches its program.
+    for dir in [layout.links(), layout.maps()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries {
+                let path = entry?.path();
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                tracing::info!(path = %path.display(), "removed pin");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&layout.root).with_context(|| format!("removing {}", layout.root.display()))?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Connection tracking entries.
+//!
+//! Each translated flow gets two entries: one keyed by the tuple the client
+//! sent (`Original`), naming the chosen backend so every packet of the flow goes
+//! to the same one, and one keyed by the tuple the backend's replies carry
+//! (`Reply`), naming the frontend address and port to put back as the source.
+//! The frontend is stored in the reply entry itself rather than looked up by
+//! rev-NAT index, so a flow keeps being translated after its Service is gone,
+//! as established connections do under kube-proxy.
+
+use core::mem::size_of;
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtDirection {
+    Original = 0,
+    Reply = 1,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtKey {
+    /// Key of a packet as seen on the wire, all fields in network byte order.
+    pub const fn new(
+        saddr: u32,
+        daddr: u32,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        direction: CtDirection,
+    ) -> Self {
+        CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            direction: direction as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The key that replies carry once this original-direction flow has been
+    /// sent to `backend_addr:backend_port`.
+    pub const fn reply_after_dnat(&self, backend_addr: u32, backend_port: u16) -> Self {
+        CtKey::new(
+            backend_addr,
+            self.saddr,
+            backend_port,
+            self.sport,
+            self.proto,
+            CtDirection::Reply,
+        )
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    /// Original entries: the backend chosen. Reply entries: the same, for
+    /// inspection.
+    pub backend_id: u32,
+    /// The frontend's rev-NAT index (its service id).
+    pub rev_nat_index: u32,
+    /// Original entries: backend address; reply entries: frontend address.
+    pub nat_addr: u32,
+    /// Original entries: backend port; reply entries: frontend port.
+    pub nat_port: u16,
+    pub flags: u16,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtValue>() == 32);
+
+/// How stale `last_seen_ns` may get before the datapath refreshes it; writing
+/// it on every packet would cost a map update per packet for nothing.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_key_swaps_ends_and_uses_backend() {
+        let client = u32::from_be_bytes([10, 244, 1, 2]).to_be();
+        let vip = u32::from_be_bytes([10, 96, 0, 10]).to_be();
+        let backend = u32::from_be_bytes([10, 244, 2, 3]).to_be();
+        let k = CtKey::new(client, vip, 40000u16.to_be(), 80u16.to_be(), 6, CtDirection::Original);
+        let r = k.reply_after_dnat(backend, 8080u16.to_be());
+        assert_eq!(r.saddr, backend);
+        assert_eq!(r.daddr, client);
+        assert_eq!(r.sport, 8080u16.to_be());
+        assert_eq!(r.dport, 40000u16.to_be());
+        assert_eq!(r.proto, 6);
+        assert_eq!(r.direction, CtDirection::Reply as u8);
+        assert_eq!(r._pad, [0, 0]);
+    }
+}

@@ -1,0 +1,59 @@
+//! What the datapath decided for a packet; one per-CPU counter each.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Destination was a frontend; rewritten to a backend.
+    Translated = 0,
+    /// Reply from a backend; source rewritten back to the frontend.
+    ReverseTranslated = 1,
+    /// Neither a frontend nor a tracked reply; left alone.
+    NotService = 2,
+    /// A frontend with no usable backend; dropped.
+    NoBackend = 3,
+    /// A packet the program could not read or rewrite.
+    Error = 4,
+}
+
+impl Verdict {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Translated,
+        Verdict::ReverseTranslated,
+        Verdict::NotService,
+        Verdict::NoBackend,
+        Verdict::Error,
+    ];
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Translated => "translated",
+            Verdict::ReverseTranslated => "reverse_translated",
+            Verdict::NotService => "not_service",
+            Verdict::NoBackend => "no_backend",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(v.index() as usize, i);
+        }
+        for a in Verdict::ALL {
+            for b in Verdict::ALL {
+                assert!(a == b || a.name() != b.name());
+            }
+        }
+        assert_eq!(Verdict::ALL.len() as u32, Verdict::COUNT);
+    }
+}

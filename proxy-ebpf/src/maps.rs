@@ -1,0 +1,34 @@
+//! The maps, pinned by name so the dataplane outlives the agent and a new
+//! agent adopts what the old one wrote.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{
+    maps::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES},
+    Backend, BackendSlotKey, CtKey, CtValue, ServiceKey, ServiceValue, Verdict,
+};
+
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "BACKEND_SLOTS")]
+pub static BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "VERDICTS")]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
+
+#[inline(always)]
+pub fn count(verdict: Verdict) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(verdict.index()) {
+        // Per-CPU slot: no other writer, a plain add is enough.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,77 @@
+//! Reading the headers the datapath needs from an skb.
+
+use aya_ebpf::programs::TcContext;
+use proxy_common::{IPPROTO_TCP, IPPROTO_UDP};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// Offsets and fields of an IPv4 TCP or UDP packet. Addresses and ports are
+/// in network byte order, as in the packet.
+pub struct Flow {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub proto: u8,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Flow {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub fn l4_csum_off(&self) -> usize {
+        if self.proto == IPPROTO_TCP {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
+    }
+}
+
+pub enum Parsed {
+    Flow(Flow),
+    /// Not IPv4 TCP/UDP, or a non-first fragment: nothing to translate.
+    Other,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
+    if ethertype != ETH_P_IP {
+        return Ok(Parsed::Other);
+    }
+    let l3_off = ETH_HLEN;
+    let ver_ihl = ctx.load::<u8>(l3_off).map_err(|_| ())?;
+    if ver_ihl >> 4 != 4 {
+        return Ok(Parsed::Other);
+    }
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let proto = ctx.load::<u8>(l3_off + 9).map_err(|_| ())?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok(Parsed::Other);
+    }
+    let frag = u16::from_be(ctx.load::<u16>(l3_off + 6).map_err(|_| ())?);
+    if frag & IP_OFFSET_MASK != 0 {
+        return Ok(Parsed::Other);
+    }
+    let saddr = ctx.load::<u32>(l3_off + 12).map_err(|_| ())?;
+    let daddr = ctx.load::<u32>(l3_off + 16).map_err(|_| ())?;
+    let l4_off = l3_off + ihl;
+    let sport = ctx.load::<u16>(l4_off).map_err(|_| ())?;
+    let dport = ctx.load::<u16>(l4_off + 2).map_err(|_| ())?;
+    Ok(Parsed::Flow(Flow {
+        l3_off,
+        l4_off,
+        proto,
+        saddr,
+        daddr,
+        sport,
+        dport,
+    }))
+}
