@@ -1,0 +1,55 @@
+//! A lab client: sends COUNT requests to TARGET, each on a new connection (TCP)
+//! or a new socket (UDP), so each one is a new flow. Prints one line per
+//! request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS` or `err REASON MICROS`.
+//! Bounded in count and time: every request has a timeout.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [proto, target, count, timeout_ms] = args.as_slice() else {
+        anyhow::bail!("usage: lab-client tcp|udp TARGET COUNT TIMEOUT_MS");
+    };
+    let target: SocketAddr = target.parse()?;
+    let count: u32 = count.parse()?;
+    let timeout = Duration::from_millis(timeout_ms.parse()?);
+    let mut out = std::io::stdout().lock();
+    for _ in 0..count.min(100_000) {
+        let started = Instant::now();
+        let result = match proto.as_str() {
+            "tcp" => tcp_request(target, timeout),
+            "udp" => udp_request(target, timeout),
+            other => anyhow::bail!("unknown protocol {other}"),
+        };
+        let micros = started.elapsed().as_micros();
+        match result {
+            Ok((answer, from)) => writeln!(out, "ok {} {from} {micros}", answer.trim())?,
+            Err(e) => writeln!(out, "err {} {micros}", e.to_string().replace(' ', "_"))?,
+        }
+    }
+    Ok(())
+}
+
+fn tcp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"hello\n")?;
+    let from = stream.peer_addr()?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
+    Ok((line, from))
+}
+
+fn udp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
+    // Unconnected, so a reply from any address is received and its source
+    // can be checked against the address dialled.
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"hello\n", target)?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}

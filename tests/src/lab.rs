@@ -1,0 +1,477 @@
+//! Building, using and tearing down the lab.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::cmd::{in_ns, ip, run, sysctl};
+use crate::traffic::{self, Reply};
+
+/// Every lab namespace and run directory starts with this, followed by the
+/// pid of the process that made it, so leftovers of a killed run can be
+/// recognised and removed.
+pub const PREFIX: &str = "kpl";
+pub const BACKEND_PORT: u16 = 8080;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The programs the lab runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub backend: PathBuf,
+    pub client: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries of a cargo target directory's profile folder.
+    pub fn in_dir(dir: &Path) -> Self {
+        Binaries {
+            agent: dir.join("proxy-agent"),
+            backend: dir.join("lab-backend"),
+            client: dir.join("lab-client"),
+        }
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        for b in [&self.agent, &self.backend, &self.client] {
+            if !b.exists() {
+                bail!("{} is missing; build it first (cargo xtask test does)", b.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub underlay_ip: Ipv4Addr,
+    /// This node's pod /24: 10.244.<index>.0.
+    pub pod_net: u8,
+    pub bpffs: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub node: usize,
+    /// The host side of its veth, in the node namespace.
+    pub host_if: String,
+}
+
+/// The default lab: two nodes; a client pod and a backend on node 1, two
+/// backends on node 2.
+pub const DEFAULT_PODS: &[(&str, usize)] = &[("client-a", 0), ("web-1", 0), ("web-2", 1), ("web-3", 1)];
+
+pub struct Lab {
+    pub id: String,
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub client_ns: String,
+    pub control_plane_ns: String,
+    switch_ns: String,
+    binaries: Binaries,
+    children: Mutex<Vec<(String, Child)>>,
+}
+
+pub struct Agent {
+    pub node: usize,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Lab {
+    pub fn up(binaries: Binaries) -> anyhow::Result<Lab> {
+        Self::with_pods(binaries, DEFAULT_PODS)
+    }
+
+    pub fn with_pods(binaries: Binaries, pods: &[(&str, usize)]) -> anyhow::Result<Lab> {
+        binaries.check()?;
+        remove_stale_labs();
+        let id = format!("{PREFIX}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let dir = PathBuf::from("/run").join(&id);
+        std::fs::create_dir_all(dir.join("manifests"))?;
+        let mut lab = Lab {
+            manifests: dir.join("manifests"),
+            dir,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            client_ns: format!("{id}-client"),
+            control_plane_ns: format!("{id}-cp"),
+            switch_ns: format!("{id}-sw"),
+            id,
+            binaries,
+            children: Mutex::new(Vec::new()),
+        };
+        // From here on, Drop tears down whatever was built, also on error.
+        lab.build(pods)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, pods: &[(&str, usize)]) -> anyhow::Result<()> {
+        let sw = self.switch_ns.clone();
+        add_ns(&sw)?;
+        ip(&sw, &["link", "add", "name", "br0", "type", "bridge"])?;
+        ip(&sw, &["link", "set", "br0", "up"])?;
+
+        let node_count = pods.iter().map(|(_, n)| n + 1).max().unwrap_or(1).max(2);
+        for i in 0..node_count {
+            let name = format!("node-{}", i + 1);
+            let node = Node {
+                ns: format!("{}-{name}", self.id),
+                underlay_ip: underlay(11 + i as u8),
+                pod_net: (i + 1) as u8,
+                bpffs: self.dir.join(&name).join("bpffs"),
+                name,
+            };
+            self.attach_to_underlay(&node.ns, &node.name, node.underlay_ip)?;
+            sysctl(&node.ns, "net.ipv4.ip_forward", "1")?;
+            // The node answers ARP for its pods' gateway address.
+            ip(&node.ns, &["addr", "add", &format!("10.244.{}.1/32", node.pod_net), "dev", "lo"])?;
+            self.nodes.push(node);
+        }
+        // Each node routes the other nodes' pod networks over the underlay.
+        for a in &self.nodes {
+            for b in &self.nodes {
+                if a.ns != b.ns {
+                    ip(&a.ns, &["route", "add", &format!("10.244.{}.0/24", b.pod_net), "via", &b.underlay_ip.to_string()])?;
+                }
+            }
+        }
+        let client_ns = self.client_ns.clone();
+        self.attach_to_underlay(&client_ns, "client", underlay(100))?;
+        let cp_ns = self.control_plane_ns.clone();
+        self.attach_to_underlay(&cp_ns, "control-plane", underlay(2))?;
+
+        for (name, node) in pods {
+            self.add_pod(name, *node)?;
+        }
+        Ok(())
+    }
+
+    fn attach_to_underlay(&self, ns: &str, label: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        add_ns(ns)?;
+        let port = format!("p-{}", label.chars().take(12).collect::<String>());
+        ip(ns, &["link", "add", "name", "eth0", "type", "veth", "peer", "name", &port, "netns", &self.switch_ns])?;
+        ip(&self.switch_ns, &["link", "set", &port, "master", "br0", "up"])?;
+        ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(ns, &["link", "set", "eth0", "up"])?;
+        no_checksum_offload(ns, "eth0")?;
+        Ok(())
+    }
+
+    fn add_pod(&mut self, name: &str, node: usize) -> anyhow::Result<()> {
+        let node_ref = self.nodes[node].clone();
+        let index = self.pods.iter().filter(|p| p.node == node).count() as u8;
+        let pod_ip = Ipv4Addr::new(10, 244, node_ref.pod_net, 10 + index);
+        let gateway = format!("10.244.{}.1", node_ref.pod_net);
+        let ns = format!("{}-{name}", self.id);
+        let host_if = format!("lxc-{}", name.chars().take(11).collect::<String>());
+        add_ns(&ns)?;
+        ip(&ns, &["link", "add", "name", "eth0", "type", "veth", "peer", "name", &host_if, "netns", &node_ref.ns])?;
+        ip(&ns, &["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"])?;
+        ip(&ns, &["link", "set", "eth0", "up"])?;
+        ip(&ns, &["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
+        ip(&ns, &["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        ip(&node_ref.ns, &["link", "set", &host_if, "up"])?;
+        ip(&node_ref.ns, &["route", "add", &format!("{pod_ip}/32"), "dev", &host_if])?;
+        no_checksum_offload(&ns, "eth0")?;
+        no_checksum_offload(&node_ref.ns, &host_if)?;
+        self.pods.push(Pod {
+            name: name.to_string(),
+            ns,
+            ip: pod_ip,
+            node,
+            host_if,
+        });
+        Ok(())
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name} in the lab"))
+    }
+
+    /// Devices the agent of `node` attaches to: its underlay and every pod veth.
+    pub fn node_devices(&self, node: usize) -> Vec<String> {
+        let mut devices = vec!["eth0".to_string()];
+        devices.extend(self.pods.iter().filter(|p| p.node == node).map(|p| p.host_if.clone()));
+        devices
+    }
+
+    /// Starts `lab-backend` in each named pod, answering on `BACKEND_PORT`.
+    pub fn start_backends(&self, pods: &[&str]) -> anyhow::Result<()> {
+        for name in pods {
+            let pod = self.pod(name);
+            let backend = self.binaries.backend.to_string_lossy().into_owned();
+            let port = BACKEND_PORT.to_string();
+            self.spawn_in(&pod.ns, &[&backend, &pod.name, &port], &format!("backend-{name}"))?;
+        }
+        // Wait until each one listens, with a bound.
+        for name in pods {
+            let pod = self.pod(name);
+            wait_until(Duration::from_secs(5), || {
+                in_ns(&pod.ns, &["ss", "-Hltn", &format!("sport = :{BACKEND_PORT}")])
+                    .map(|out| !out.trim().is_empty())
+                    .unwrap_or(false)
+            })
+            .with_context(|| format!("backend {name} did not start listening"))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_in(&self, ns: &str, argv: &[&str], label: &str) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{label}.log")))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {label}"))?;
+        self.children.lock().unwrap().push((label.to_string(), child));
+        Ok(())
+    }
+
+    /// Starts the agent of `node`: in the node's network namespace but the
+    /// host's mount namespace, like a hostNetwork DaemonSet pod with bpffs
+    /// mounted from the host, so its pins outlive it.
+    pub fn start_agent(&self, node: usize) -> anyhow::Result<Agent> {
+        let n = &self.nodes[node];
+        let log_path = self.dir.join(format!("agent-{}.log", n.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", n.ns))
+            .arg("--")
+            .arg(&self.binaries.agent)
+            .arg("--bpffs")
+            .arg(&n.bpffs)
+            .arg("run")
+            .arg("--manifests")
+            .arg(&self.manifests);
+        for device in self.node_devices(node) {
+            cmd.arg("--device").arg(device);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting proxy-agent")?;
+        Ok(Agent {
+            node,
+            log: log_path,
+            child,
+        })
+    }
+
+    /// Runs the agent binary's inspection or cleanup command for `node`.
+    pub fn agent_command(&self, node: usize, args: &[&str]) -> anyhow::Result<String> {
+        let agent = self.binaries.agent.to_string_lossy().into_owned();
+        let bpffs = self.nodes[node].bpffs.to_string_lossy().into_owned();
+        let mut argv = vec![agent.as_str(), "--bpffs", bpffs.as_str()];
+        argv.extend_from_slice(args);
+        run(argv[0], &argv[1..])
+    }
+
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        // Written aside and renamed, so the agent never reads half a file.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.manifests.join(file))?;
+        Ok(())
+    }
+
+    /// Sends `count` requests from a namespace; each has `timeout_ms`.
+    pub fn requests(&self, from_ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32) -> anyhow::Result<Vec<Reply>> {
+        let client = self.binaries.client.to_string_lossy().into_owned();
+        let out = in_ns(from_ns, &[&client, proto, target, &count.to_string(), &timeout_ms.to_string()])?;
+        Ok(traffic::parse(&out))
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    all.push_str(&format!("----- {} -----\n", path.display()));
+                    all.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+
+    fn teardown(&mut self) {
+        for (_, child) in self.children.lock().unwrap().iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        destroy_lab(&self.id);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+impl Agent {
+    /// Waits until the agent has logged `min` syncs.
+    pub fn wait_synced(&self, min: u64, timeout: Duration) -> anyhow::Result<()> {
+        let log = self.log.clone();
+        wait_until(timeout, || synced_generations(&log) >= min)
+            .with_context(|| format!("agent did not sync {min} times; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default()))
+    }
+
+    pub fn generations(&self) -> u64 {
+        synced_generations(&self.log)
+    }
+
+    /// SIGTERM, as a DaemonSet rollout sends; waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        bail!("agent did not stop within 5 s of SIGTERM")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+fn synced_generations(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" synced generation="))
+        .count() as u64
+}
+
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An address on the underlay, 10.100.0.0/24.
+fn underlay(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 100, 0, host)
+}
+
+fn add_ns(ns: &str) -> anyhow::Result<()> {
+    run("ip", &["netns", "add", ns])?;
+    ip(ns, &["link", "set", "lo", "up"])?;
+    for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
+        sysctl(ns, key, "0")?;
+    }
+    Ok(())
+}
+
+/// With transmit checksum offload off, veth packets carry real checksums that
+/// the receiver verifies, so a wrong incremental update in the datapath shows
+/// up as a lost packet instead of being papered over.
+fn no_checksum_offload(ns: &str, dev: &str) -> anyhow::Result<()> {
+    in_ns(ns, &["ethtool", "-K", dev, "tx", "off"]).map(|_| ())
+}
+
+/// Removes one lab's namespaces, mounts and run directory.
+fn destroy_lab(id: &str) {
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with(&format!("{id}-")) {
+                // Anything still running in it (a backend started by hand).
+                if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+                    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+    }
+    let dir = format!("/run/{id}/");
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = run("umount", &[point]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(format!("/run/{id}"));
+}
+
+/// Labs whose creating process is gone (killed mid-test) are removed.
+pub fn remove_stale_labs() {
+    let mut ids = std::collections::BTreeSet::new();
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            ids.insert(ns.splitn(4, '-').take(3).collect::<Vec<_>>().join("-"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/run") {
+        for e in entries.flatten() {
+            ids.insert(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    for id in ids {
+        let parts: Vec<&str> = id.split('-').collect();
+        let [PREFIX, pid, _n] = parts.as_slice() else { continue };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            destroy_lab(&id);
+        }
+    }
+}
+
+/// Names of labs present on the machine (for showing that none is left).
+pub fn lab_namespaces() -> Vec<String> {
+    run("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(PREFIX))
+        .map(String::from)
+        .collect()
+}
