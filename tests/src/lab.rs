@@ -68,9 +68,9 @@ pub struct Pod {
     pub host_if: String,
 }
 
-/// The default lab: two nodes; a client pod and a backend on node 1, two
-/// backends on node 2.
-pub const DEFAULT_PODS: &[(&str, usize)] = &[("client-a", 0), ("web-1", 0), ("web-2", 1), ("web-3", 1)];
+/// The default lab: two nodes, each with a client pod; one backend pod on
+/// node 1 and two on node 2.
+pub const DEFAULT_PODS: &[(&str, usize)] = &[("client-a", 0), ("web-1", 0), ("web-2", 1), ("web-3", 1), ("client-b", 1)];
 
 pub struct Lab {
     pub id: String,

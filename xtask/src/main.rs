@@ -1,1 +1,57 @@
-fn main() {}
+//! Orchestration only: toolchain set-up, builds, the lab demo, test runs.
+
+mod demo;
+mod setup;
+mod workspace;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ebpf-proxy developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what builds and tests need (rust-src, bpf-linker, Debian packages). Idempotent.
+    Setup,
+    /// Build the agent (with its embedded eBPF object) and the lab programs.
+    Build,
+    /// Run every test: unit tests and the privileged lab tests (as root).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start the lab, run the agent on the example manifests, send traffic, print what answered.
+    Demo,
+    /// Remove lab namespaces and mounts left by killed runs.
+    LabClean,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            workspace::build()
+        }
+        Command::Test { args } => {
+            setup::run()?;
+            workspace::build()?;
+            workspace::test(&args)
+        }
+        Command::Demo => {
+            setup::run()?;
+            workspace::build()?;
+            demo::run()
+        }
+        Command::LabClean => {
+            proxy_lab::lab::remove_stale_labs();
+            println!("lab namespaces left: {:?}", proxy_lab::lab::lab_namespaces());
+            Ok(())
+        }
+    }
+}

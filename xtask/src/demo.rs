@@ -1,0 +1,101 @@
+//! `cargo xtask demo`: the lab, one agent per node on the example manifests,
+//! traffic from a pod on each node, and a table of who answered.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use proxy_lab::{lab, Binaries, Lab, Summary};
+
+use crate::workspace;
+
+const MANIFESTS: &str = "manifests/lab/services.yaml";
+const REQUESTS: u32 = 60;
+
+/// (Service, frontend, protocols) exercised; they match the manifests.
+const FRONTENDS: &[(&str, &str, &[&str])] = &[
+    ("default/web", "10.96.0.10:80", &["tcp", "udp"]),
+    ("kube-system/dns", "10.96.0.53:53", &["udp", "tcp"]),
+    ("default/api", "10.96.0.20:443", &["tcp"]),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    ensure!(proxy_lab::privilege::is_root(), "the demo builds network namespaces and loads eBPF: run it as root");
+    let started = Instant::now();
+    let binaries = Binaries::in_dir(&workspace::bin_dir());
+    let lab = Lab::up(binaries).context("building the lab")?;
+    println!("lab {}: nodes {}, pods {}", lab.id, lab.nodes.len(), lab_pods(&lab));
+    for (name, ip) in [("client-a", "10.244.1.10"), ("web-1", "10.244.1.11"), ("web-2", "10.244.2.10"), ("web-3", "10.244.2.11"), ("client-b", "10.244.2.12")] {
+        ensure!(lab.pod(name).ip.to_string() == ip, "lab address of {name} drifted from {MANIFESTS}");
+    }
+    lab.start_backends(&["web-1", "web-2", "web-3"])?;
+    let yaml = std::fs::read_to_string(workspace::root().join(MANIFESTS))?;
+    lab.write_manifest("services.yaml", &yaml)?;
+    let agents: Vec<_> = (0..lab.nodes.len()).map(|n| lab.start_agent(n)).collect::<anyhow::Result<_>>()?;
+    for agent in &agents {
+        agent.wait_synced(1, std::time::Duration::from_secs(10))?;
+    }
+    println!("agents synced on {} nodes; sending {REQUESTS} requests per row, each a new connection\n", agents.len());
+
+    println!(
+        "{:<16} {:<15} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<15} {:>6} {:>6}",
+        "SERVICE", "FRONTEND", "FROM", "PROTO", "OK", "ANSWERED BY", "BACKEND SAW", "REPLY FROM", "p50µs", "p99µs"
+    );
+    let mut all_ok = true;
+    for (service, frontend, protos) in FRONTENDS {
+        for from in ["client-a", "client-b"] {
+            for proto in *protos {
+                let replies = lab.requests(&lab.pod(from).ns, proto, frontend, REQUESTS, 1000)?;
+                let s = Summary::of(&replies);
+                all_ok &= s.failed == 0;
+                let backends = s.by_backend.iter().map(|(b, n)| format!("{b}:{n}")).collect::<Vec<_>>().join(" ");
+                let from_addrs = s.replies_from.keys().cloned().collect::<Vec<_>>().join(",");
+                let seen = s.sources_seen.keys().cloned().collect::<Vec<_>>().join(",");
+                println!(
+                    "{:<16} {:<15} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<15} {:>6} {:>6}",
+                    service,
+                    frontend,
+                    from,
+                    proto.to_uppercase(),
+                    format!("{}/{}", s.sent - s.failed, s.sent),
+                    backends,
+                    seen,
+                    from_addrs,
+                    s.percentile(50.0).map_or("-".into(), |v| v.to_string()),
+                    s.percentile(99.0).map_or("-".into(), |v| v.to_string()),
+                );
+            }
+        }
+    }
+    println!("\nANSWERED BY: pod name each backend answered with; BACKEND SAW: the source address it saw;");
+    println!("REPLY FROM: the source of the replies the client got. api lists web-3 as not ready.");
+    for (n, node) in lab.nodes.iter().enumerate() {
+        let counters = lab.agent_command(n, &["counters"])?;
+        let line = counters.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join("=")).collect::<Vec<_>>().join(" ");
+        println!("{} datapath verdicts: {line}", node.name);
+    }
+    for agent in agents {
+        agent.stop()?;
+    }
+    let pin_dirs: Vec<_> = lab.nodes.iter().map(|n| n.bpffs.clone()).collect();
+    drop(lab);
+
+    let left_ns = lab::lab_namespaces();
+    let left_pins: Vec<_> = pin_dirs.iter().filter(|p| p.exists()).collect();
+    println!(
+        "\ntorn down in {:.1} s total: lab namespaces left: {}; pin directories left: {}",
+        started.elapsed().as_secs_f64(),
+        if left_ns.is_empty() { "none".to_string() } else { left_ns.join(" ") },
+        if left_pins.is_empty() { "none".to_string() } else { format!("{left_pins:?}") },
+    );
+    ensure!(all_ok, "some requests failed");
+    ensure!(left_ns.is_empty() && left_pins.is_empty(), "the demo left something behind");
+    Ok(())
+}
+
+fn lab_pods(lab: &Lab) -> String {
+    lab.pods
+        .iter()
+        .map(|p| format!("{}({} {})", p.name, lab.nodes[p.node].name, p.ip))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
