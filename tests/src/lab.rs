@@ -88,6 +88,8 @@ pub struct Lab {
 pub struct Agent {
     pub node: usize,
     pub log: PathBuf,
+    /// Where this agent's lines start in a log shared with earlier agents.
+    log_start: usize,
     child: Child,
 }
 
@@ -251,6 +253,7 @@ impl Lab {
         let n = &self.nodes[node];
         let log_path = self.dir.join(format!("agent-{}.log", n.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log_start = log.metadata()?.len() as usize;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", n.ns))
             .arg("--")
@@ -273,6 +276,7 @@ impl Lab {
         Ok(Agent {
             node,
             log: log_path,
+            log_start,
             child,
         })
     }
@@ -333,13 +337,19 @@ impl Drop for Lab {
 impl Agent {
     /// Waits until the agent has logged `min` syncs.
     pub fn wait_synced(&self, min: u64, timeout: Duration) -> anyhow::Result<()> {
-        let log = self.log.clone();
-        wait_until(timeout, || synced_generations(&log) >= min)
-            .with_context(|| format!("agent did not sync {min} times; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default()))
+        wait_until(timeout, || self.generations() >= min)
+            .with_context(|| format!("agent did not sync {min} times; log:\n{}", self.own_log()))
     }
 
+    /// How many syncs this agent has logged.
     pub fn generations(&self) -> u64 {
-        synced_generations(&self.log)
+        self.own_log().lines().filter(|l| l.contains(" synced generation=")).count() as u64
+    }
+
+    /// The log lines written by this agent (not by earlier ones on the node).
+    pub fn own_log(&self) -> String {
+        let all = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(all.get(self.log_start..).unwrap_or_default()).into_owned()
     }
 
     /// SIGTERM, as a DaemonSet rollout sends; waits for the exit.
@@ -367,14 +377,6 @@ impl Drop for Agent {
             let _ = self.terminate();
         }
     }
-}
-
-fn synced_generations(log: &Path) -> u64 {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(" synced generation="))
-        .count() as u64
 }
 
 pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {

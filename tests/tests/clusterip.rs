@@ -2,28 +2,17 @@
 //! the tc program on its node translates to pods on both nodes.
 //! Needs root; run with `cargo xtask test`.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+mod common;
 
+use std::collections::BTreeSet;
+
+use common::{binaries, counter, SYNC_TIMEOUT};
 use proxy_lab::manifests::service;
 use proxy_lab::privilege::require_root;
-use proxy_lab::{Binaries, Lab, Summary};
+use proxy_lab::{Lab, Summary};
 
 const WEB_IP: &str = "10.96.0.10";
 const WEB_PORT: u16 = 80;
-const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn binaries() -> Binaries {
-    // proxy-agent comes from another package of the workspace: it sits next
-    // to this test's own binaries in the target directory.
-    let mut b = Binaries::in_dir(std::path::Path::new(env!("CARGO_BIN_EXE_lab-backend")).parent().unwrap());
-    if let Ok(agent) = std::env::var("PROXY_AGENT_BIN") {
-        b.agent = agent.into();
-    }
-    b.backend = env!("CARGO_BIN_EXE_lab-backend").into();
-    b.client = env!("CARGO_BIN_EXE_lab-client").into();
-    b
-}
 
 /// A lab with backends in web-1 (node 1), web-2 and web-3 (node 2), the `web`
 /// Service on all three, and node 1's agent synced.
@@ -60,16 +49,6 @@ fn assert_reaches_every_backend(proto: &str) {
     assert!(reversed >= 60, "reverse_translated counter {reversed}:\n{counters}");
 }
 
-fn counter(output: &str, name: &str) -> u64 {
-    output
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(name)).then(|| f.next().unwrap().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in {output}"))
-}
-
 #[test]
 fn tcp_clusterip_reaches_every_backend_and_keeps_addresses() {
     if require_root("tcp_clusterip_reaches_every_backend_and_keeps_addresses") {
@@ -82,4 +61,49 @@ fn udp_clusterip_reaches_every_backend_and_keeps_addresses() {
     if require_root("udp_clusterip_reaches_every_backend_and_keeps_addresses") {
         assert_reaches_every_backend("udp");
     }
+}
+
+/// Every backend on the other node: the packet crosses the underlay already
+/// translated, and the reply is translated back on the way in.
+#[test]
+fn backends_only_on_the_other_node() {
+    if !require_root("backends_only_on_the_other_node") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-2", "web-3"]).unwrap();
+    let eps = [(lab.pod("web-2").ip, true), (lab.pod("web-3").ip, true)];
+    lab.write_manifest("remote.yaml", &service("remote", "10.96.0.30", 8000, &eps)).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let client = lab.pod("client-a");
+    for proto in ["tcp", "udp"] {
+        let s = Summary::of(&lab.requests(&client.ns, proto, "10.96.0.30:8000", 30, 1000).unwrap());
+        println!("{proto}: {s:?}");
+        assert_eq!(s.failed, 0, "{proto}: {:?}\n{}", s.errors, lab.logs());
+        assert_eq!(common::answered_by(&s), vec!["web-2", "web-3"]);
+        assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec!["10.96.0.30:8000"]);
+        assert_eq!(s.sources_seen.keys().collect::<Vec<_>>(), vec![&client.ip.to_string()]);
+    }
+}
+
+/// A Service whose only endpoint is not ready gets no traffic through to any
+/// pod, and the datapath counts why.
+#[test]
+fn service_without_usable_endpoint_is_counted_as_no_backend() {
+    if !require_root("service_without_usable_endpoint_is_counted_as_no_backend") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-1"]).unwrap();
+    let eps = [(lab.pod("web-1").ip, false)];
+    lab.write_manifest("down.yaml", &service("down", "10.96.0.40", 80, &eps)).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let client = lab.pod("client-a");
+    let s = Summary::of(&lab.requests(&client.ns, "udp", "10.96.0.40:80", 5, 200).unwrap());
+    assert_eq!(s.failed, 5, "a not-ready endpoint answered: {s:?}");
+    let counters = lab.agent_command(0, &["counters"]).unwrap();
+    assert_eq!(counter(&counters, "no_backend"), 5, "{counters}");
+    assert_eq!(counter(&counters, "translated"), 0, "{counters}");
 }

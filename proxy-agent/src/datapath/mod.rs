@@ -2,6 +2,7 @@
 //! attaching the programs, and reading and writing the pinned maps.
 
 mod bpffs;
+mod link_detach;
 mod maps;
 mod programs;
 

@@ -74,11 +74,16 @@ pub fn cleanup(layout: &PinLayout) -> anyhow::Result<()> {
         tracing::info!(path = %layout.root.display(), "nothing to clean up");
         return Ok(());
     }
-    // Unpinning the last reference to a tcx link detaches its program.
     for dir in [layout.links(), layout.maps()] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries {
                 let path = entry?.path();
+                if dir == layout.links() {
+                    if let Err(error) = super::link_detach::detach_pinned_link(&path) {
+                        // Its device is gone, or the link was detached already.
+                        tracing::warn!(path = %path.display(), %error, "detaching link");
+                    }
+                }
                 std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
                 tracing::info!(path = %path.display(), "removed pin");
             }

@@ -1,0 +1,37 @@
+//! Shared by the lab test files.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use proxy_lab::{Binaries, Summary};
+
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn binaries() -> Binaries {
+    // proxy-agent belongs to another package of the workspace: it sits next
+    // to this package's binaries in the target directory, unless
+    // PROXY_AGENT_BIN (set by `cargo xtask test`) says where it is.
+    let backend = std::path::Path::new(env!("CARGO_BIN_EXE_lab-backend"));
+    let mut b = Binaries::in_dir(backend.parent().unwrap());
+    if let Ok(agent) = std::env::var("PROXY_AGENT_BIN") {
+        b.agent = agent.into();
+    }
+    b.backend = env!("CARGO_BIN_EXE_lab-backend").into();
+    b.client = env!("CARGO_BIN_EXE_lab-client").into();
+    b
+}
+
+/// The value of one verdict counter in `proxy-agent counters` output.
+pub fn counter(output: &str, name: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in {output}"))
+}
+
+pub fn answered_by(s: &Summary) -> Vec<&str> {
+    s.by_backend.keys().map(String::as_str).collect()
+}

@@ -1,0 +1,110 @@
+//! The agent's life: manifests changing under it, SIGTERM, restart, cleanup.
+//! Needs root; run with `cargo xtask test`.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{answered_by, binaries, SYNC_TIMEOUT};
+use proxy_lab::manifests::service;
+use proxy_lab::privilege::require_root;
+use proxy_lab::{Lab, Summary};
+
+const TARGET: &str = "10.96.0.10:80";
+
+fn lab_with_web(backends: &[&str]) -> Lab {
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    write_web(&lab, backends);
+    lab
+}
+
+fn write_web(lab: &Lab, backends: &[&str]) {
+    let eps: Vec<_> = backends.iter().map(|p| (lab.pod(p).ip, true)).collect();
+    lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
+}
+
+fn send(lab: &Lab, proto: &str, count: u32) -> Summary {
+    let replies = lab.requests(&lab.pod("client-a").ns, proto, TARGET, count, 1000).unwrap();
+    Summary::of(&replies)
+}
+
+#[test]
+fn endpoint_changes_in_the_manifests_take_effect() {
+    if !require_root("endpoint_changes_in_the_manifests_take_effect") {
+        return;
+    }
+    let lab = lab_with_web(&["web-1", "web-2", "web-3"]);
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    assert_eq!(answered_by(&send(&lab, "tcp", 60)), vec!["web-1", "web-2", "web-3"]);
+
+    // web-2 goes away: no new connection may reach it.
+    let changed = Instant::now();
+    write_web(&lab, &["web-1", "web-3"]);
+    agent.wait_synced(2, SYNC_TIMEOUT).unwrap();
+    println!("removal synced {} ms after the manifest changed", changed.elapsed().as_millis());
+    for proto in ["tcp", "udp"] {
+        let s = send(&lab, proto, 60);
+        assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
+        assert_eq!(answered_by(&s), vec!["web-1", "web-3"], "{proto} after removal");
+    }
+
+    // And comes back.
+    write_web(&lab, &["web-1", "web-2", "web-3"]);
+    agent.wait_synced(3, SYNC_TIMEOUT).unwrap();
+    let s = send(&lab, "tcp", 60);
+    assert_eq!(s.failed, 0);
+    assert_eq!(answered_by(&s), vec!["web-1", "web-2", "web-3"]);
+}
+
+#[test]
+fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
+    if !require_root("dataplane_outlives_the_agent_and_a_restart_adopts_it") {
+        return;
+    }
+    let lab = lab_with_web(&["web-1", "web-2", "web-3"]);
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let before = lab.agent_command(0, &["services"]).unwrap();
+    agent.stop().unwrap();
+
+    // No agent running: the pinned programs and maps keep serving.
+    for proto in ["tcp", "udp"] {
+        let s = send(&lab, proto, 60);
+        assert_eq!(s.failed, 0, "{proto} with the agent stopped: {:?}", s.errors);
+        assert_eq!(answered_by(&s), vec!["web-1", "web-2", "web-3"]);
+    }
+
+    // A new agent adopts what is pinned: same ids, nothing rewritten.
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let log = agent.own_log();
+    assert!(log.contains("replaced program on existing tc ingress link"), "{log}");
+    assert!(log.contains("adopted pinned datapath state services=2 backends=6"), "{log}");
+    assert!(log.contains("ops=0"), "restarted agent rewrote maps:\n{log}");
+    assert_eq!(lab.agent_command(0, &["services"]).unwrap(), before);
+    let s = send(&lab, "tcp", 60);
+    assert_eq!(s.failed, 0);
+    assert_eq!(answered_by(&s), vec!["web-1", "web-2", "web-3"]);
+}
+
+#[test]
+fn cleanup_removes_programs_and_maps() {
+    if !require_root("cleanup_removes_programs_and_maps") {
+        return;
+    }
+    let lab = lab_with_web(&["web-1"]);
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    assert_eq!(send(&lab, "udp", 5).failed, 0);
+    agent.stop().unwrap();
+
+    lab.agent_command(0, &["cleanup"]).unwrap();
+    let pins = lab.nodes[0].bpffs.join("ebpf-proxy");
+    assert!(!pins.exists(), "{} still exists", pins.display());
+    // Nothing translates any more: the ClusterIP is just an unrouted address.
+    let s = send(&lab, "udp", 5);
+    assert_eq!(s.failed, 5, "still translated after cleanup: {s:?}");
+    assert!(lab.agent_command(0, &["counters"]).is_err(), "counters still readable after cleanup");
+}
