@@ -305,6 +305,29 @@ impl Lab {
         Ok(traffic::parse(&out))
     }
 
+    /// Like `requests`, but in the background, one every `interval_ms`;
+    /// `wait` on the result collects the replies.
+    pub fn requests_in_background(
+        &self,
+        from_ns: &str,
+        proto: &str,
+        target: &str,
+        count: u32,
+        timeout_ms: u32,
+        interval_ms: u32,
+    ) -> anyhow::Result<BackgroundRequests> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", from_ns])
+            .arg(&self.binaries.client)
+            .args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting lab-client")?;
+        Ok(BackgroundRequests { child })
+    }
+
     pub fn logs(&self) -> String {
         let mut all = String::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
@@ -331,6 +354,20 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+pub struct BackgroundRequests {
+    child: Child,
+}
+
+impl BackgroundRequests {
+    pub fn wait(self) -> anyhow::Result<Vec<Reply>> {
+        let out = self.child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("lab-client failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(traffic::parse(&String::from_utf8_lossy(&out.stdout)))
     }
 }
 

@@ -107,3 +107,27 @@ fn service_without_usable_endpoint_is_counted_as_no_backend() {
     assert_eq!(counter(&counters, "no_backend"), 5, "{counters}");
     assert_eq!(counter(&counters, "translated"), 0, "{counters}");
 }
+
+/// Every packet of a flow goes to the backend its first packet went to:
+/// conntrack, not a new random pick per packet.
+#[test]
+fn each_flow_sticks_to_one_backend() {
+    if !require_root("each_flow_sticks_to_one_backend") {
+        return;
+    }
+    let (lab, _agent) = web_lab();
+    let client = lab.pod("client-a");
+    let target = format!("{WEB_IP}:{WEB_PORT}");
+    let mut first_backends = BTreeSet::new();
+    for proto in ["tcp-keep", "udp-keep"] {
+        for _ in 0..6 {
+            let s = Summary::of(&lab.requests(&client.ns, proto, &target, 20, 1000).unwrap());
+            assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
+            assert_eq!(s.by_backend.len(), 1, "{proto}: one flow answered by {:?}", s.by_backend);
+            first_backends.extend(s.by_backend.into_keys());
+        }
+    }
+    // With 12 flows over 3 backends, all on one backend would mean the choice
+    // is not random (chance: 3 * (1/3)^12).
+    assert!(first_backends.len() > 1, "every flow went to {first_backends:?}");
+}

@@ -67,6 +67,12 @@ fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     let agent = lab.start_agent(0).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let before = lab.agent_command(0, &["services"]).unwrap();
+    // One TCP connection and one UDP flow, a request every 20 ms, across the
+    // agent's stop and restart.
+    let client = lab.pod("client-a").ns.clone();
+    let long_tcp = lab.requests_in_background(&client, "tcp-keep", TARGET, 150, 1000, 20).unwrap();
+    let long_udp = lab.requests_in_background(&client, "udp-keep", TARGET, 150, 1000, 20).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     agent.stop().unwrap();
 
     // No agent running: the pinned programs and maps keep serving.
@@ -87,6 +93,14 @@ fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     let s = send(&lab, "tcp", 60);
     assert_eq!(s.failed, 0);
     assert_eq!(answered_by(&s), vec!["web-1", "web-2", "web-3"]);
+
+    for (name, flow) in [("tcp", long_tcp), ("udp", long_udp)] {
+        let s = Summary::of(&flow.wait().unwrap());
+        println!("long-lived {name} flow across stop and restart: {s:?}");
+        assert_eq!(s.sent, 150);
+        assert_eq!(s.failed, 0, "long-lived {name} flow lost requests: {:?}", s.errors);
+        assert_eq!(s.by_backend.len(), 1, "long-lived {name} flow changed backend: {:?}", s.by_backend);
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! A lab client: sends COUNT requests to TARGET, each on a new connection (TCP)
-//! or a new socket (UDP), so each one is a new flow. Prints one line per
-//! request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS` or `err REASON MICROS`.
-//! Bounded in count and time: every request has a timeout.
+//! A lab client: sends COUNT requests to TARGET. With `tcp` and `udp` each
+//! request is a new flow (a new connection or socket); with `tcp-keep` and
+//! `udp-keep` all of them share one connection or socket, one flow. Prints one
+//! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS` or
+//! `err REASON MICROS`. Bounded in count and time: every request has a timeout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -9,18 +10,23 @@ use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [proto, target, count, timeout_ms] = args.as_slice() else {
-        anyhow::bail!("usage: lab-client tcp|udp TARGET COUNT TIMEOUT_MS");
+    let (proto, target, count, timeout_ms, interval_ms) = match args.as_slice() {
+        [p, t, c, to] => (p, t, c, to, "0"),
+        [p, t, c, to, i] => (p, t, c, to, i.as_str()),
+        _ => anyhow::bail!("usage: lab-client tcp|udp|tcp-keep|udp-keep TARGET COUNT TIMEOUT_MS [INTERVAL_MS]"),
     };
+    let interval = Duration::from_millis(interval_ms.parse()?);
     let target: SocketAddr = target.parse()?;
     let count: u32 = count.parse()?;
     let timeout = Duration::from_millis(timeout_ms.parse()?);
     let mut out = std::io::stdout().lock();
+    let mut flow: Option<Flow> = None;
     for _ in 0..count.min(100_000) {
         let started = Instant::now();
         let result = match proto.as_str() {
             "tcp" => tcp_request(target, timeout),
             "udp" => udp_request(target, timeout),
+            "tcp-keep" | "udp-keep" => keep_request(&mut flow, proto, target, timeout),
             other => anyhow::bail!("unknown protocol {other}"),
         };
         let micros = started.elapsed().as_micros();
@@ -28,6 +34,8 @@ fn main() -> anyhow::Result<()> {
             Ok((answer, from)) => writeln!(out, "ok {} {from} {micros}", answer.trim())?,
             Err(e) => writeln!(out, "err {} {micros}", e.to_string().replace(' ', "_"))?,
         }
+        out.flush()?;
+        std::thread::sleep(interval);
     }
     Ok(())
 }
@@ -52,4 +60,45 @@ fn udp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String,
     let mut buf = [0u8; 1500];
     let (n, from) = socket.recv_from(&mut buf)?;
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// One long-lived flow: a TCP connection or a UDP socket.
+enum Flow {
+    Tcp(BufReader<TcpStream>),
+    Udp(UdpSocket),
+}
+
+fn keep_request(flow: &mut Option<Flow>, proto: &str, target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
+    if flow.is_none() {
+        *flow = Some(if proto == "tcp-keep" {
+            let stream = TcpStream::connect_timeout(&target, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            Flow::Tcp(BufReader::new(stream))
+        } else {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(timeout))?;
+            Flow::Udp(socket)
+        });
+    }
+    let result = match flow.as_mut().unwrap() {
+        Flow::Tcp(reader) => (|| {
+            reader.get_mut().write_all(b"hello\n")?;
+            let from = reader.get_ref().peer_addr()?;
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            anyhow::ensure!(!line.is_empty(), "connection closed");
+            Ok((line, from))
+        })(),
+        Flow::Udp(socket) => (|| {
+            socket.send_to(b"hello\n", target)?;
+            let mut buf = [0u8; 1500];
+            let (n, from) = socket.recv_from(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+        })(),
+    };
+    // A broken connection is reported once; the next request opens a new one.
+    if result.is_err() {
+        *flow = None;
+    }
+    result
 }
