@@ -14,28 +14,10 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The conntrack key of this packet's tuple, looked up as `direction`.
 #[inline(always)]
-pub fn original_key(flow: &Flow) -> CtKey {
-    CtKey::new(
-        flow.saddr,
-        flow.daddr,
-        flow.sport,
-        flow.dport,
-        flow.proto,
-        CtDirection::Original,
-    )
-}
-
-#[inline(always)]
-pub fn reply_key(flow: &Flow) -> CtKey {
-    CtKey::new(
-        flow.saddr,
-        flow.daddr,
-        flow.sport,
-        flow.dport,
-        flow.proto,
-        CtDirection::Reply,
-    )
+pub fn ct_key(flow: &Flow, direction: CtDirection) -> CtKey {
+    CtKey::new(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, direction)
 }
 
 /// The backend id this flow was sent to before, for the same frontend.

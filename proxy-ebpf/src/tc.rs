@@ -6,10 +6,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::error;
-use proxy_common::Verdict;
+use proxy_common::{CtDirection, Verdict};
 
 use crate::{
-    conntrack::{ct4_lookup_original, ct4_lookup_reply, ct4_track, original_key, reply_key},
+    conntrack::{ct4_lookup_original, ct4_lookup_reply, ct4_track, ct_key},
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend},
     maps::count,
     nat::{rewrite, Side},
@@ -30,7 +30,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn handle_flow(ctx: &TcContext, flow: &Flow) -> (Verdict, i32) {
-    if let Some(entry) = ct4_lookup_reply(&reply_key(flow)) {
+    if let Some(entry) = ct4_lookup_reply(&ct_key(flow, CtDirection::Reply)) {
         return match rewrite(ctx, flow, Side::Source, entry.nat_addr, entry.nat_port) {
             Ok(()) => (Verdict::ReverseTranslated, TC_ACT_OK),
             Err(e) => {
@@ -44,7 +44,7 @@ fn handle_flow(ctx: &TcContext, flow: &Flow) -> (Verdict, i32) {
         return (Verdict::NotService, TC_ACT_OK);
     };
 
-    let orig = original_key(flow);
+    let orig = ct_key(flow, CtDirection::Original);
     let known = ct4_lookup_original(&orig, &svc)
         .and_then(|id| lb4_lookup_backend(id).map(|b| (id, b)));
     let is_new = known.is_none();
