@@ -7,6 +7,8 @@ mod model;
 mod skip;
 mod source;
 mod tables;
+#[cfg(test)]
+mod tests;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -285,9 +285,11 @@ fn usable_endpoints(
                 skipped.push(Skipped::port(namespace, service, port_name, SkipReason::InvalidEndpointAddress));
                 continue;
             };
+            // The API's defaults for unset conditions: ready and serving
+            // true, terminating false.
             let cond = ep.conditions.as_ref();
             let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(true);
             let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
             let endpoint = Endpoint { ip, port };
             if is_ready {

@@ -56,9 +56,14 @@ pub fn read(dir: &Path) -> std::io::Result<(Snapshot, Vec<Skipped>)> {
 
 pub fn parse_documents(text: &str, origin: &str, snapshot: &mut Snapshot, skipped: &mut Vec<Skipped>) {
     for document in serde_yaml::Deserializer::from_str(text) {
-        let value = match serde::Deserialize::deserialize(document)
+        let yaml: Result<serde_yaml::Value, _> = serde::Deserialize::deserialize(document);
+        // After a syntax error serde_yaml 0.9 yields the same failing
+        // document forever (dtolnay/serde-yaml#193), so the rest of the
+        // file is given up.
+        let stop = yaml.is_err();
+        let value = match yaml
             .map_err(|e| e.to_string())
-            .and_then(|v: serde_yaml::Value| serde_json::to_value(v).map_err(|e| e.to_string()))
+            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
         {
             Ok(value) => value,
             Err(error) => {
@@ -67,6 +72,9 @@ pub fn parse_documents(text: &str, origin: &str, snapshot: &mut Snapshot, skippe
                     object: origin.to_string(),
                     reason: SkipReason::Unparsable,
                 });
+                if stop {
+                    break;
+                }
                 continue;
             }
         };
