@@ -14,14 +14,23 @@ use crate::datapath::{self, PinLayout, PinnedMaps};
 use crate::diff::diff;
 use crate::model::{self, Config};
 use crate::skip::Skipped;
-use crate::source::yaml_dir;
+use crate::source::kube::KubeSource;
+use crate::source::{self, yaml_dir, Snapshot};
 use crate::tables::{self, Ids, Tables};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Directory of Service and EndpointSlice manifests to serve.
+    /// Serve the Services in this directory of manifests instead of the
+    /// Kubernetes API (for running without a cluster).
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the API server; without it: KUBECONFIG, ~/.kube/config,
+    /// then the in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name, as in its Node object.
+    #[arg(long = "hostname-override", env = "NODE_NAME")]
+    node_name: Option<String>,
     /// Device to attach the tc ingress program to (repeat for each).
     #[arg(long = "device", required = true)]
     devices: Vec<String>,
@@ -34,7 +43,10 @@ pub struct RunArgs {
     proxy_name: Option<String>,
 }
 
+const RETRY: Duration = Duration::from_secs(1);
+
 pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
+    let mut source = Source::new(&args).await?;
     datapath::ensure_bpffs(bpffs)?;
     let mut ebpf = datapath::load(&layout)?;
     let _logger = spawn_ebpf_logger(&mut ebpf);
@@ -49,34 +61,86 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut seen = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(args.poll_ms));
+    source.wait_ready().await?;
     loop {
+        match source.read() {
+            Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
+            Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
+        }
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = tick.tick() => {}
-        }
-        let fingerprint = match yaml_dir::fingerprint(&args.manifests) {
-            Ok(f) => f,
-            Err(error) => {
-                tracing::warn!(dir = %args.manifests.display(), %error, "cannot read manifest directory; keeping what is programmed");
-                continue;
-            }
-        };
-        if seen.as_ref() == Some(&fingerprint) && !sync.needs_retry {
-            continue;
-        }
-        match yaml_dir::read(&args.manifests) {
-            Ok((snapshot, skipped)) => {
-                sync.run(&mut maps, &snapshot, &config, skipped);
-                seen = Some(fingerprint);
-            }
-            Err(error) => tracing::warn!(%error, "reading manifests failed; keeping what is programmed"),
+            _ = source.changed() => {}
+            _ = tokio::time::sleep(RETRY), if sync.needs_retry => {}
         }
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
     Ok(())
+}
+
+/// Where the Services come from.
+enum Source {
+    Dir {
+        path: PathBuf,
+        poll: Duration,
+        seen: Option<yaml_dir::Fingerprint>,
+    },
+    Kube(KubeSource),
+}
+
+impl Source {
+    async fn new(args: &RunArgs) -> anyhow::Result<Self> {
+        if let Some(path) = &args.manifests {
+            return Ok(Source::Dir {
+                path: path.clone(),
+                poll: Duration::from_millis(args.poll_ms),
+                seen: yaml_dir::fingerprint(path).ok(),
+            });
+        }
+        let node_name = match &args.node_name {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string(),
+        };
+        let client = source::kube::client(args.kubeconfig.as_deref()).await?;
+        tracing::info!(node = node_name, "watching Services, EndpointSlices and this node");
+        Ok(Source::Kube(KubeSource::start(client, &node_name, args.proxy_name.as_deref())))
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        if let Source::Kube(kube) = self {
+            let started = Instant::now();
+            kube.wait_ready().await?;
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "initial list complete");
+        }
+        Ok(())
+    }
+
+    /// Returns once there may be something new to read.
+    async fn changed(&mut self) {
+        match self {
+            Source::Dir { path, poll, seen } => loop {
+                tokio::time::sleep(*poll).await;
+                match yaml_dir::fingerprint(path) {
+                    Ok(now) if seen.as_ref() != Some(&now) => {
+                        *seen = Some(now);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(dir = %path.display(), %error, "cannot read manifest directory; keeping what is programmed")
+                    }
+                }
+            },
+            Source::Kube(kube) => kube.changed.notified().await,
+        }
+    }
+
+    fn read(&self) -> anyhow::Result<(Snapshot, Vec<Skipped>)> {
+        match self {
+            Source::Dir { path, .. } => Ok(yaml_dir::read(path)?),
+            Source::Kube(kube) => Ok((kube.snapshot(), Vec::new())),
+        }
+    }
 }
 
 /// Forwards the programs' aya-log records into tracing (through `log`).
@@ -128,7 +192,7 @@ impl Sync {
         })
     }
 
-    fn run(&mut self, maps: &mut PinnedMaps, snapshot: &crate::source::Snapshot, config: &Config, mut skipped: Vec<Skipped>) {
+    fn run(&mut self, maps: &mut PinnedMaps, snapshot: &Snapshot, config: &Config, mut skipped: Vec<Skipped>) {
         let started = Instant::now();
         let (model, model_skipped) = model::build(&snapshot.services, &snapshot.slices, config);
         skipped.extend(model_skipped);

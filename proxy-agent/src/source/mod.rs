@@ -1,5 +1,6 @@
 //! Where Services and EndpointSlices come from.
 
+pub mod kube;
 pub mod yaml_dir;
 
 use k8s_openapi::api::core::v1::Service;
