@@ -13,6 +13,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    ("curl", "curl"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -44,10 +45,16 @@ pub fn run() -> anyhow::Result<()> {
         .into_iter()
         .collect();
     if missing.is_empty() {
-        present.push("iproute2, ethtool".into());
+        present.push("iproute2, ethtool, curl".into());
     } else {
         install_debian(&missing)?;
         installed.extend(missing.iter().map(|s| s.to_string()));
+    }
+
+    // kubectl comes with the machine image (no registry here has it); the
+    // control-plane tests drive the lab's API server with it.
+    if which("kubectl").is_none() {
+        println!("setup: WARNING: kubectl not found; the control-plane lab tests will fail");
     }
 
     let secs = started.elapsed().as_secs_f64();
