@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::datapath::{self, PinLayout, PinnedMaps};
 use crate::diff::diff;
-use crate::model::{self, Config};
+use crate::model::{self, Cidr, Config};
 use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
 use crate::source::{self, yaml_dir, Snapshot};
@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// names this proxy.
     #[arg(long)]
     proxy_name: Option<String>,
+    /// Which node addresses NodePorts listen on (comma-separated CIDRs);
+    /// default: all of the node's addresses, never loopback.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<Cidr>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -55,14 +59,18 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     }
     let mut maps = PinnedMaps::open(&layout)?;
     let mut sync = Sync::adopt(&maps)?;
-    let config = Config {
+    let mut config = Config {
         proxy_name: args.proxy_name.clone(),
+        node_name: Some(node_name(&args)?),
+        nodeport_addresses: args.nodeport_addresses.clone(),
+        ..Config::default()
     };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     source.wait_ready().await?;
     loop {
+        source.update_node(&mut config);
         match source.read() {
             Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
             Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
@@ -76,6 +84,14 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
     Ok(())
+}
+
+/// `--hostname-override`, else the kernel's host name, as kube-proxy does.
+fn node_name(args: &RunArgs) -> anyhow::Result<String> {
+    match &args.node_name {
+        Some(name) => Ok(name.clone()),
+        None => Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string()),
+    }
 }
 
 /// Where the Services come from.
@@ -97,10 +113,7 @@ impl Source {
                 seen: yaml_dir::fingerprint(path).ok(),
             });
         }
-        let node_name = match &args.node_name {
-            Some(name) => name.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string(),
-        };
+        let node_name = node_name(args)?;
         let client = source::kube::client(args.kubeconfig.as_deref()).await?;
         tracing::info!(node = node_name, "watching Services, EndpointSlices and this node");
         Ok(Source::Kube(KubeSource::start(client, &node_name, args.proxy_name.as_deref())))
@@ -132,6 +145,18 @@ impl Source {
                 }
             },
             Source::Kube(kube) => kube.changed.notified().await,
+        }
+    }
+
+    /// This node's zone and addresses, from its Node object when the source
+    /// has one.
+    fn update_node(&self, config: &mut Config) {
+        if let Source::Kube(kube) = self {
+            if let Some(node) = kube.node() {
+                let (zone, ips) = model::node_config_from(&node);
+                config.node_zone = zone;
+                config.node_ips = ips;
+            }
         }
     }
 

@@ -15,6 +15,28 @@ pub enum SkipReason {
     InvalidEndpointAddress,
     TooManyEndpoints,
     Unparsable,
+    /// `nodePort` outside 1..=65535; the port's NodePort frontends are left out.
+    NodePortOutOfRange,
+    /// A NodePort Service's port has no `nodePort` (only the API server
+    /// allocates one); that port gets no NodePort frontend.
+    MissingNodePort,
+    /// An `spec.externalIPs` entry is not an IP address; that address is left out.
+    InvalidExternalIp,
+    /// A `status.loadBalancer.ingress[].ip` is not an IP address; that address is left out.
+    InvalidLoadBalancerIp,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` outside 1..=86400; the Service is left out.
+    AffinityTimeoutOutOfRange,
+    /// `sessionAffinity` neither `None` nor `ClientIP`; the Service is left out.
+    UnsupportedSessionAffinity,
+    /// A traffic policy neither `Cluster` nor `Local`; the Service is left out.
+    InvalidTrafficPolicy,
+    /// More than `model::MAX_SERVICE_PORTS` ports; the Service is left out.
+    TooManyPorts,
+    /// A LoadBalancer Service with `externalTrafficPolicy: Local` has no
+    /// `healthCheckNodePort`; it is served, without a health check.
+    MissingHealthCheckNodePort,
+    /// `healthCheckNodePort` outside 1..=65535; served without a health check.
+    HealthCheckNodePortOutOfRange,
 }
 
 impl SkipReason {
@@ -30,6 +52,16 @@ impl SkipReason {
             SkipReason::InvalidEndpointAddress => "invalid_endpoint_address",
             SkipReason::TooManyEndpoints => "too_many_endpoints",
             SkipReason::Unparsable => "unparsable",
+            SkipReason::NodePortOutOfRange => "node_port_out_of_range",
+            SkipReason::MissingNodePort => "missing_node_port",
+            SkipReason::InvalidExternalIp => "invalid_external_ip",
+            SkipReason::InvalidLoadBalancerIp => "invalid_load_balancer_ip",
+            SkipReason::AffinityTimeoutOutOfRange => "affinity_timeout_out_of_range",
+            SkipReason::UnsupportedSessionAffinity => "unsupported_session_affinity",
+            SkipReason::InvalidTrafficPolicy => "invalid_traffic_policy",
+            SkipReason::TooManyPorts => "too_many_ports",
+            SkipReason::MissingHealthCheckNodePort => "missing_health_check_node_port",
+            SkipReason::HealthCheckNodePortOutOfRange => "health_check_node_port_out_of_range",
         }
     }
 }

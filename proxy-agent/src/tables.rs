@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proxy_common::{
-    maps::{scope, MAX_BACKENDS_PER_SERVICE},
+    maps::{backend_flags, scope, service_flags, MAX_BACKENDS_PER_SERVICE},
     Backend, BackendSlotKey, ServiceKey, ServiceValue,
 };
 
-use crate::model::{Endpoint, Frontend, FrontendKind, Model, Protocol};
+use crate::model::{Endpoint, Frontend, FrontendEntry, FrontendKind, Model, Protocol};
 use crate::skip::{SkipReason, Skipped};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,10 +21,13 @@ pub struct Tables {
 
 /// Hands out service and backend ids. Freed ids are not handed out again
 /// until the counter wraps, so a conntrack entry that still names an old
-/// backend id cannot silently land on a different backend.
+/// backend id cannot silently land on a different backend. A backend's id
+/// belongs to its address, port and protocol, not its flags: an endpoint that
+/// starts terminating keeps its id, so connections to it keep working.
 #[derive(Clone, Debug, Default)]
 pub struct Ids {
     services: HashMap<ServiceKey, u32>,
+    /// Keyed by [`identity`].
     backends: HashMap<Backend, u32>,
     used_services: HashSet<u32>,
     used_backends: HashSet<u32>,
@@ -43,7 +46,7 @@ impl Ids {
             ids.next_service = ids.next_service.max(value.service_id);
         }
         for (id, backend) in &tables.backends {
-            ids.backends.insert(*backend, *id);
+            ids.backends.insert(identity(backend), *id);
             ids.used_backends.insert(*id);
             ids.next_backend = ids.next_backend.max(*id);
         }
@@ -61,12 +64,13 @@ impl Ids {
     }
 
     fn backend(&mut self, backend: Backend) -> u32 {
-        if let Some(id) = self.backends.get(&backend) {
+        let key = identity(&backend);
+        if let Some(id) = self.backends.get(&key) {
             return *id;
         }
         let id = next_free(&mut self.next_backend, &self.used_backends);
         self.used_backends.insert(id);
-        self.backends.insert(backend, id);
+        self.backends.insert(key, id);
         id
     }
 
@@ -77,6 +81,11 @@ impl Ids {
         self.used_services = self.services.values().copied().collect();
         self.used_backends = self.backends.values().copied().collect();
     }
+}
+
+/// What a backend id stands for: the backend without its flags.
+fn identity(backend: &Backend) -> Backend {
+    Backend { flags: 0, ..*backend }
 }
 
 /// Id 0 is never used, so a zeroed value can never pass for a real one.
@@ -96,17 +105,52 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
         proto: frontend.proto.number(),
         scope: match frontend.kind {
             FrontendKind::ClusterIp => scope::CLUSTER_IP,
+            FrontendKind::NodePort => scope::NODE_PORT,
+            FrontendKind::LoadBalancer | FrontendKind::ExternalIp => scope::EXTERNAL,
         },
     }
 }
 
 pub fn backend_entry(endpoint: &Endpoint, proto: Protocol) -> Backend {
+    let mut flags = 0;
+    if endpoint.local {
+        flags |= backend_flags::LOCAL;
+    }
+    if endpoint.terminating {
+        flags |= backend_flags::TERMINATING;
+    }
     Backend {
         addr: u32::from_ne_bytes(endpoint.ip.octets()),
         port: endpoint.port.to_be(),
         proto: proto.number(),
-        flags: 0,
+        flags,
     }
+}
+
+/// The service value's flags and affinity timeout. A policy flag is set only
+/// on the kind of frontend the policy governs.
+pub fn service_value_flags(frontend: &Frontend, entry: &FrontendEntry) -> (u32, u32) {
+    let mut flags = 0;
+    let mut timeout = 0;
+    if let Some(seconds) = entry.session_affinity {
+        flags |= service_flags::SESSION_AFFINITY;
+        timeout = seconds;
+    }
+    let policy_local = if frontend.kind.is_external() {
+        if entry.external_policy_local {
+            flags |= service_flags::EXTERNAL_LOCAL;
+        }
+        entry.external_policy_local
+    } else {
+        if entry.internal_policy_local {
+            flags |= service_flags::INTERNAL_LOCAL;
+        }
+        entry.internal_policy_local
+    };
+    if policy_local && entry.no_local_endpoints {
+        flags |= service_flags::NO_LOCAL_ENDPOINTS;
+    }
+    (flags, timeout)
 }
 
 /// Lays the model out as map entries. A frontend with more endpoints than a
@@ -127,7 +171,13 @@ pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
         for (slot, endpoint) in entry.endpoints.iter().enumerate() {
             let backend = backend_entry(endpoint, frontend.proto);
             let backend_id = ids.backend(backend);
-            tables.backends.insert(backend_id, backend);
+            // Two Services' slices could disagree on one endpoint while they
+            // catch up; the flags of every view are kept.
+            tables
+                .backends
+                .entry(backend_id)
+                .and_modify(|b| b.flags |= backend.flags)
+                .or_insert(backend);
             tables.slots.insert(
                 BackendSlotKey {
                     service_id,
@@ -136,13 +186,15 @@ pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
                 backend_id,
             );
         }
+        let (flags, affinity_timeout_s) = service_value_flags(frontend, entry);
         tables.services.insert(
             key,
             ServiceValue {
                 service_id,
                 count: entry.endpoints.len() as u32,
                 rev_nat_index: service_id,
-                flags: 0,
+                flags,
+                affinity_timeout_s,
             },
         );
     }

@@ -29,8 +29,41 @@ pub const MAX_BACKENDS_PER_SERVICE: u32 = 16_384;
 /// and a ClusterIP on the same address and port can never collide.
 pub mod scope {
     pub const CLUSTER_IP: u8 = 0;
+    /// `spec.ports[].nodePort` on one of this node's addresses.
     pub const NODE_PORT: u8 = 1;
+    /// Addresses outside the cluster's own: LoadBalancer ingress IPs and
+    /// `spec.externalIPs` alike. They share a scope because a packet to such
+    /// an address is looked up once, whichever field listed it; what differs
+    /// between them (`loadBalancerSourceRanges` applies to LB IPs only) is a
+    /// per-frontend property and belongs in [`super::ServiceValue::flags`].
     pub const EXTERNAL: u8 = 2;
+}
+
+/// Bits of [`ServiceValue::flags`].
+pub mod service_flags {
+    /// `sessionAffinity: ClientIP`: a client keeps its backend for
+    /// [`super::ServiceValue::affinity_timeout_s`] seconds.
+    pub const SESSION_AFFINITY: u32 = 1 << 0;
+    /// `externalTrafficPolicy: Local` on a NodePort, LoadBalancer or external
+    /// IP frontend: only this node's endpoints are in the slots, and the
+    /// client's source address is kept (no SNAT).
+    pub const EXTERNAL_LOCAL: u32 = 1 << 1;
+    /// `internalTrafficPolicy: Local` on a ClusterIP frontend: only this
+    /// node's endpoints are in the slots.
+    pub const INTERNAL_LOCAL: u32 = 1 << 2;
+    /// `count` is 0 only because the traffic policy is Local and no endpoint
+    /// is on this node, while the Service has endpoints elsewhere: kube-proxy
+    /// drops such packets instead of refusing them.
+    pub const NO_LOCAL_ENDPOINTS: u32 = 1 << 3;
+}
+
+/// Bits of [`Backend::flags`]. They describe the endpoint, so they are the
+/// same for every frontend that uses the backend.
+pub mod backend_flags {
+    /// The endpoint runs on this node.
+    pub const LOCAL: u8 = 1 << 0;
+    /// The endpoint is terminating (serving, used only as a fallback).
+    pub const TERMINATING: u8 = 1 << 1;
 }
 
 #[repr(C)]
@@ -52,7 +85,11 @@ pub struct ServiceValue {
     pub count: u32,
     /// Kept in conntrack so replies are translated back to this frontend.
     pub rev_nat_index: u32,
+    /// [`service_flags`] bits.
     pub flags: u32,
+    /// Session affinity timeout in seconds (1..=86400) when
+    /// [`service_flags::SESSION_AFFINITY`] is set, else 0.
+    pub affinity_timeout_s: u32,
 }
 
 #[repr(C)]
@@ -70,10 +107,11 @@ pub struct Backend {
     /// Backend port, network byte order.
     pub port: u16,
     pub proto: u8,
+    /// [`backend_flags`] bits.
     pub flags: u8,
 }
 
 const _: () = assert!(size_of::<ServiceKey>() == 8);
-const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<ServiceValue>() == 20);
 const _: () = assert!(size_of::<BackendSlotKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 8);

@@ -277,6 +277,8 @@ fn random_model(rng: &mut Lcg) -> Model {
             .map(|_| Endpoint {
                 ip: Ipv4Addr::new(10, 244, 0, 1 + rng.next(10) as u8),
                 port: 8080,
+                local: false,
+                terminating: false,
             })
             .collect();
         model.frontends.insert(
@@ -293,6 +295,7 @@ fn random_model(rng: &mut Lcg) -> Model {
                     port: String::new(),
                 },
                 endpoints: endpoints.into_iter().collect(),
+                ..Default::default()
             },
         );
     }

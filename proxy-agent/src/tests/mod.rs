@@ -2,17 +2,22 @@
 //! source), driven by Services and EndpointSlices as `kubectl get -o yaml`
 //! prints them. The fixtures live in `proxy-agent/testdata`.
 
+mod bad_frontends;
 mod diff;
+mod frontends;
 mod model;
+mod policy;
 mod tables;
+mod topology;
 mod yaml_dir;
 
 use std::net::Ipv4Addr;
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use proxy_common::{maps::scope, BackendSlotKey, ServiceKey};
 
-use crate::model::{Config, Frontend, FrontendKind, Model, Protocol};
+use crate::model::{node_config_from, Config, Frontend, FrontendKind, Model, Protocol};
 use crate::skip::{SkipReason, Skipped};
 use crate::source::{yaml_dir::parse_documents, Snapshot};
 use crate::tables::Tables;
@@ -20,6 +25,11 @@ use crate::tables::Tables;
 /// `kubectl get svc,endpointslices -A -o yaml` of a small kind cluster:
 /// kubernetes, kube-dns, web (two named ports) and redis (one unnamed port).
 pub const CLUSTER: &str = include_str!("../../testdata/cluster.yaml");
+
+/// `kubectl get nodes -o yaml` of kind-worker (eu-west-1a, 172.18.0.3 and
+/// ExternalIP 203.0.113.10), kind-worker2 (eu-west-1b, 172.18.0.4) and
+/// kind-worker3 (eu-west-1c, 172.18.0.5).
+pub const NODES: &str = include_str!("../../testdata/nodes.yaml");
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -54,6 +64,65 @@ pub fn build_clean(snapshot: &Snapshot) -> Model {
     let (model, skipped) = build(snapshot, &Config::default());
     assert!(skipped.is_empty(), "unexpected skips: {skipped:?}");
     model
+}
+
+/// The Node objects of [`NODES`].
+pub fn nodes() -> Vec<Node> {
+    let list: serde_yaml::Value = serde_yaml::from_str(NODES).expect("nodes fixture");
+    list["items"]
+        .as_sequence()
+        .expect("a List")
+        .iter()
+        .map(|item| serde_yaml::from_value(item.clone()).expect("a Node"))
+        .collect()
+}
+
+/// The config the agent builds on `name`, from that Node object.
+pub fn on_node(name: &str) -> Config {
+    let node = nodes()
+        .into_iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no node {name}"));
+    let (node_zone, node_ips) = node_config_from(&node);
+    Config {
+        node_name: Some(name.into()),
+        node_zone,
+        node_ips,
+        ..Config::default()
+    }
+}
+
+pub fn frontend_at(kind: FrontendKind, ip: &str, port: u16, proto: Protocol) -> Frontend {
+    Frontend {
+        ip: ip.parse().expect("test IPv4 address"),
+        port,
+        proto,
+        kind,
+    }
+}
+
+/// [`endpoints`] for a frontend of any kind.
+pub fn endpoints_at(model: &Model, kind: FrontendKind, ip: &str, port: u16, proto: Protocol) -> Option<Vec<String>> {
+    let entry = model.frontends.get(&frontend_at(kind, ip, port, proto))?;
+    Some(entry.endpoints.iter().map(|e| format!("{}:{}", e.ip, e.port)).collect())
+}
+
+/// Every frontend of one Service (`namespace/name`), as `Frontend` prints.
+pub fn frontends_of(model: &Model, service: &str) -> Vec<String> {
+    model
+        .frontends
+        .iter()
+        .filter(|(_, e)| format!("{}/{}", e.service.namespace, e.service.name) == service)
+        .map(|(f, _)| f.to_string())
+        .collect()
+}
+
+/// The key of a frontend in any scope, written out as [`key`] does.
+pub fn key_in(scope: u8, ip: [u8; 4], port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        scope,
+        ..key(ip, port, proto)
+    }
 }
 
 pub fn frontend(ip: &str, port: u16, proto: Protocol) -> Frontend {

@@ -14,6 +14,7 @@ const DUPLICATE: &str = include_str!("../../testdata/duplicate-frontend.yaml");
 fn proxy_named(name: &str) -> Config {
     Config {
         proxy_name: Some(name.into()),
+        ..Config::default()
     }
 }
 
@@ -198,6 +199,43 @@ fn address_listed_in_two_slices_counts_once() {
             "10.244.2.23:8080",
             "10.244.3.30:8080"
         ]
+    );
+}
+
+#[test]
+fn address_listed_in_two_slices_keeps_its_local_and_most_usable_copy() {
+    // kube-proxy favours the copy that names this node; between equals it
+    // keeps whichever its map yields, so the ready one is as right and stable.
+    // cart-abcde sorts first; its copy of 10.244.1.20 goes stale.
+    let on_kind_worker = Config {
+        node_name: Some("kind-worker".into()),
+        ..Config::default()
+    };
+    let pod_20 = |stale: &dyn Fn(&mut Endpoint)| {
+        let mut snapshot = load(ENDPOINTS);
+        let copy = &mut slice_mut(&mut snapshot, "shop", "cart-abcde")
+            .endpoints
+            .as_mut()
+            .unwrap()[0];
+        assert_eq!(copy.addresses, ["10.244.1.20"]);
+        stale(copy);
+        let (model, _) = build(&snapshot, &on_kind_worker);
+        let cart = &model.frontends[&frontend("10.96.77.7", 80, Tcp)];
+        cart.endpoints
+            .iter()
+            .find(|e| e.ip == Ipv4Addr::new(10, 244, 1, 20))
+            .copied()
+    };
+    let no_node = pod_20(&|e| e.node_name = None).expect("listed");
+    assert!(no_node.local, "the copy naming this node wins");
+    let not_ready = pod_20(&|e| {
+        let conditions = e.conditions.as_mut().unwrap();
+        conditions.ready = Some(false);
+        conditions.serving = Some(false);
+    });
+    assert!(
+        not_ready.is_some_and(|p| p.local && !p.terminating),
+        "the ready copy wins"
     );
 }
 

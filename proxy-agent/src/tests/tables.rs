@@ -228,8 +228,11 @@ fn huge_entry(name: &str, count: u32) -> FrontendEntry {
             .map(|i| Endpoint {
                 ip: Ipv4Addr::from(0x0A40_0000 + i),
                 port: 8080,
+                local: false,
+                terminating: false,
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,383 @@
+//! The dataplane model: a pure function of Services, EndpointSlices and this
+//! node's configuration. Every kube-proxy semantic is decided here, so it is
+//! tested from real Kubernetes objects without a kernel.
+//!
+//! - [`service`]: what a Service asks for (addresses, policies, affinity).
+//! - [`endpoints`]: the endpoints its EndpointSlices list, once each.
+//! - [`topology`]: which of them each kind of traffic may use on this node
+//!   (kube-proxy's `CategorizeEndpoints`).
+//! - [`node`]: this node's identity and which of its addresses serve NodePorts.
+
+mod endpoints;
+mod node;
+mod service;
+mod topology;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::skip::{SkipReason, Skipped};
+
+#[cfg_attr(not(test), allow(unused_imports))] // for the agent's Node watch
+pub use node::node_config_from;
+pub use node::Cidr;
+
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// The Node label that names its zone, as topology hints name it.
+pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+
+/// A Service with more ports than this is left out whole. The API sets no
+/// limit, but an EndpointSlice holds at most 100 ports, and a list this long
+/// is a generated mistake that would otherwise multiply into frontends.
+pub const MAX_SERVICE_PORTS: usize = 1000;
+
+/// This node and the agent's options. `Config::default()` is a node that
+/// knows nothing about itself: no endpoint is local, topology hints never
+/// match, and NodePorts listen nowhere.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Services labelled `service-proxy-name` with this value are ours; any
+    /// other value means another proxy owns them.
+    pub proxy_name: Option<String>,
+    /// This node's name, as endpoints' `nodeName` and `hints.forNodes` spell
+    /// it. An endpoint is local when its `nodeName` equals this.
+    pub node_name: Option<String>,
+    /// The Node's `topology.kubernetes.io/zone` label.
+    pub node_zone: Option<String>,
+    /// The node's own addresses (its InternalIP and ExternalIP addresses).
+    pub node_ips: Vec<Ipv4Addr>,
+    /// kube-proxy's `--nodeport-addresses`: NodePorts listen on the node
+    /// addresses inside one of these. Empty means every address in
+    /// `node_ips`. Loopback is never used unless a CIDR narrower than
+    /// `0.0.0.0/0` contains it (kube-proxy's route_localnet exposure,
+    /// CVE-2020-8558, is not repeated).
+    pub nodeport_addresses: Vec<Cidr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Kubernetes' protocol field; unset means TCP.
+    fn parse(field: Option<&str>) -> Result<Self, SkipReason> {
+        match field.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            _ => Err(SkipReason::UnsupportedProtocol),
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proxy_common::IPPROTO_TCP,
+            Protocol::Udp => proxy_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// An entry of `spec.clusterIPs` and `spec.ports[].port`.
+    ClusterIp,
+    /// One of this node's addresses and `spec.ports[].nodePort`.
+    NodePort,
+    /// A `status.loadBalancer.ingress[].ip` and `spec.ports[].port`.
+    LoadBalancer,
+    /// An entry of `spec.externalIPs` and `spec.ports[].port`.
+    ExternalIp,
+}
+
+impl FrontendKind {
+    /// Traffic from outside the cluster, subject to `externalTrafficPolicy`.
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+
+    /// Frontends of kinds in the same address space cannot share an
+    /// address, port and protocol; the datapath looks them up alike.
+    fn address_space(self) -> u8 {
+        match self {
+            FrontendKind::ClusterIp => 0,
+            FrontendKind::NodePort => 1,
+            FrontendKind::LoadBalancer | FrontendKind::ExternalIp => 2,
+        }
+    }
+}
+
+/// An address, port and protocol that clients dial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub kind: FrontendKind,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        match self.kind {
+            FrontendKind::ClusterIp => Ok(()),
+            FrontendKind::NodePort => f.write_str(" (NodePort)"),
+            FrontendKind::LoadBalancer => f.write_str(" (LoadBalancer)"),
+            FrontendKind::ExternalIp => f.write_str(" (ExternalIP)"),
+        }
+    }
+}
+
+/// A backend address and what the agent knows of it. A frontend lists each
+/// address and port once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// Its `nodeName` is this node.
+    pub local: bool,
+    /// Not ready but serving and terminating: in the list only through the
+    /// terminating fallback.
+    pub terminating: bool,
+}
+
+/// Which Service port a frontend belongs to, for logs and inspection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendEntry {
+    pub service: ServicePortName,
+    /// The endpoints this frontend may use on this node, after traffic
+    /// policy, topology and the terminating fallback; sorted, each address
+    /// and port once. Empty: refuse (or drop, see `no_local_endpoints`).
+    pub endpoints: Vec<Endpoint>,
+    /// The Service's `externalTrafficPolicy` is Local and it is reachable
+    /// from outside (kube-proxy's `ExternalPolicyLocal`): external frontends
+    /// use local endpoints only and keep the client's source address.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`: ClusterIP frontends use local
+    /// endpoints only.
+    pub internal_policy_local: bool,
+    /// `sessionAffinity: ClientIP`: the timeout in seconds (1..=86400).
+    pub session_affinity: Option<u32>,
+    /// The Service's `healthCheckNodePort`, set for a LoadBalancer Service
+    /// with `externalTrafficPolicy: Local` (kube-proxy's `NeedsHealthCheck`).
+    #[cfg_attr(not(test), allow(dead_code))] // for the health check server
+    pub health_check_node_port: Option<u16>,
+    /// Ready endpoints of the Service on this node, counted as kube-proxy's
+    /// health check server counts them: distinct addresses over all of the
+    /// Service's ports, so the same for every frontend of the Service.
+    #[cfg_attr(not(test), allow(dead_code))] // for the health check server
+    pub local_endpoint_count: u32,
+    /// `endpoints` is empty only because a Local traffic policy leaves none
+    /// on this node, while the Service has usable endpoints elsewhere:
+    /// kube-proxy drops such traffic instead of refusing it.
+    pub no_local_endpoints: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    pub frontends: BTreeMap<Frontend, FrontendEntry>,
+}
+
+/// Builds the model. Objects, or parts of them, that cannot be served are
+/// reported in the second value and left out; everything else is served.
+pub fn build(services: &[Service], slices: &[EndpointSlice], config: &Config) -> (Model, Vec<Skipped>) {
+    let slices_by_service = endpoints::index_slices(slices);
+    let node_port_ips = node::node_port_ips(config);
+    let mut builder = Builder::default();
+
+    // Sorted so that, when two Services claim the same frontend, the same one
+    // wins on every node and every restart.
+    let mut services: Vec<&Service> = services.iter().collect();
+    services.sort_by_key(|s| object_name(&s.metadata));
+
+    for svc in services {
+        let (namespace, name) = object_name(&svc.metadata);
+        if !is_proxied(svc, config) {
+            continue;
+        }
+        let mut partly = Vec::new();
+        let info = match service::ServiceInfo::parse(svc, &mut partly) {
+            Ok(info) => info,
+            Err(reason) => {
+                builder.skipped.push(Skipped::new(&namespace, &name, reason));
+                continue;
+            }
+        };
+        for reason in partly {
+            builder.skipped.push(Skipped::new(&namespace, &name, reason));
+        }
+        let svc_slices = slices_by_service
+            .get(&(namespace.as_str(), name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let local_endpoint_count = endpoints::local_ready_count(svc_slices, config);
+        for sp in info.ports {
+            let port_name = sp.name.clone().unwrap_or_default();
+            let skip_port = |reason| Skipped::port(&namespace, &name, &port_name, reason);
+            let (proto, port) = match service_port(sp) {
+                Ok(v) => v,
+                Err(reason) => {
+                    builder.skipped.push(skip_port(reason));
+                    continue;
+                }
+            };
+            let node_port = info.node_port(sp).unwrap_or_else(|reason| {
+                builder.skipped.push(skip_port(reason));
+                None
+            });
+            let candidates = endpoints::collect(svc_slices, &port_name, proto, config, &mut |reason| {
+                builder
+                    .skipped
+                    .push(Skipped::port(&namespace, &name, &port_name, reason))
+            });
+            let chosen = topology::categorize(&candidates, config);
+
+            let entry = |endpoints: Vec<Endpoint>, policy_local: bool| FrontendEntry {
+                service: ServicePortName {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    port: port_name.clone(),
+                },
+                no_local_endpoints: policy_local && endpoints.is_empty() && chosen.has_any,
+                endpoints,
+                external_policy_local: info.external_policy_local,
+                internal_policy_local: info.internal_policy_local,
+                session_affinity: info.session_affinity,
+                health_check_node_port: info.health_check_node_port,
+                local_endpoint_count,
+            };
+            let internal = if info.internal_policy_local {
+                entry(chosen.local.clone(), true)
+            } else {
+                entry(chosen.cluster.clone(), false)
+            };
+            let external = if info.external_policy_local {
+                entry(chosen.local, true)
+            } else {
+                entry(chosen.cluster, false)
+            };
+
+            let at = |ip: Ipv4Addr, port: u16, kind: FrontendKind| Frontend { ip, port, proto, kind };
+            for ip in &info.cluster_ips {
+                builder.insert(at(*ip, port, FrontendKind::ClusterIp), &internal);
+            }
+            if let Some(node_port) = node_port {
+                for ip in &node_port_ips {
+                    builder.insert(at(*ip, node_port, FrontendKind::NodePort), &external);
+                }
+            }
+            for ip in &info.load_balancer_ips {
+                builder.insert(at(*ip, port, FrontendKind::LoadBalancer), &external);
+            }
+            for ip in &info.external_ips {
+                builder.insert(at(*ip, port, FrontendKind::ExternalIp), &external);
+            }
+        }
+    }
+    (builder.model, builder.skipped)
+}
+
+#[derive(Default)]
+struct Builder {
+    model: Model,
+    skipped: Vec<Skipped>,
+    /// Who holds each address, port and protocol, per address space.
+    claims: HashMap<(Ipv4Addr, u16, Protocol, u8), Frontend>,
+}
+
+impl Builder {
+    /// Adds a frontend unless an earlier one holds its address. A Service
+    /// port that lists the same address as LoadBalancer ingress and as
+    /// external IP gets it once, silently; another Service is refused.
+    fn insert(&mut self, frontend: Frontend, entry: &FrontendEntry) {
+        let claim = (
+            frontend.ip,
+            frontend.port,
+            frontend.proto,
+            frontend.kind.address_space(),
+        );
+        if let Some(holder) = self.claims.get(&claim) {
+            let same_service = self.model.frontends[holder].service == entry.service;
+            if !(same_service && holder.kind != frontend.kind) {
+                let s = &entry.service;
+                self.skipped.push(Skipped::port(
+                    &s.namespace,
+                    &s.name,
+                    &s.port,
+                    SkipReason::DuplicateFrontend,
+                ));
+            }
+            return;
+        }
+        self.claims.insert(claim, frontend);
+        self.model.frontends.insert(frontend, entry.clone());
+    }
+}
+
+fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// kube-proxy's filters: headless and ExternalName Services have no virtual
+/// IP, and the two labels hand a Service to another proxy or none.
+fn is_proxied(svc: &Service, config: &Config) -> bool {
+    let labels = svc.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS)) {
+        return false;
+    }
+    if let Some(owner) = labels.and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME)) {
+        if config.proxy_name.as_deref() != Some(owner.as_str()) {
+            return false;
+        }
+    }
+    let Some(spec) = &svc.spec else { return true };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return false;
+    }
+    !matches!(spec.cluster_ip.as_deref(), Some("None"))
+}
+
+fn service_port(sp: &ServicePort) -> Result<(Protocol, u16), SkipReason> {
+    let proto = Protocol::parse(sp.protocol.as_deref())?;
+    let port = valid_port(sp.port).ok_or(SkipReason::PortOutOfRange)?;
+    Ok((proto, port))
+}
+
+fn valid_port(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
