@@ -26,6 +26,7 @@ pub struct Binaries {
     pub agent: PathBuf,
     pub backend: PathBuf,
     pub client: PathBuf,
+    pub apiserver: PathBuf,
 }
 
 impl Binaries {
@@ -35,11 +36,12 @@ impl Binaries {
             agent: dir.join("proxy-agent"),
             backend: dir.join("lab-backend"),
             client: dir.join("lab-client"),
+            apiserver: dir.join("lab-apiserver"),
         }
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
-        for b in [&self.agent, &self.backend, &self.client] {
+        for b in [&self.agent, &self.backend, &self.client, &self.apiserver] {
             if !b.exists() {
                 bail!("{} is missing; build it first (cargo xtask test does)", b.display());
             }
@@ -81,7 +83,7 @@ pub struct Lab {
     pub client_ns: String,
     pub control_plane_ns: String,
     switch_ns: String,
-    binaries: Binaries,
+    pub(crate) binaries: Binaries,
     children: Mutex<Vec<(String, Child)>>,
 }
 
@@ -246,10 +248,23 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the agent of `node`: in the node's network namespace but the
-    /// host's mount namespace, like a hostNetwork DaemonSet pod with bpffs
-    /// mounted from the host, so its pins outlive it.
+    /// Starts the agent of `node` on the lab's manifest directory.
     pub fn start_agent(&self, node: usize) -> anyhow::Result<Agent> {
+        let manifests = self.manifests.to_string_lossy().into_owned();
+        self.spawn_agent(node, &["--manifests", &manifests])
+    }
+
+    /// Starts the agent of `node` on the lab's API server (see `start_apiserver`).
+    pub fn start_agent_on_api(&self, node: usize) -> anyhow::Result<Agent> {
+        let kubeconfig = self.kubeconfig().to_string_lossy().into_owned();
+        let name = self.nodes[node].name.clone();
+        self.spawn_agent(node, &["--kubeconfig", &kubeconfig, "--hostname-override", &name])
+    }
+
+    /// The agent runs in the node's network namespace but the host's mount
+    /// namespace, like a hostNetwork DaemonSet pod with bpffs mounted from
+    /// the host, so its pins outlive it.
+    fn spawn_agent(&self, node: usize, source: &[&str]) -> anyhow::Result<Agent> {
         let n = &self.nodes[node];
         let log_path = self.dir.join(format!("agent-{}.log", n.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
@@ -261,8 +276,7 @@ impl Lab {
             .arg("--bpffs")
             .arg(&n.bpffs)
             .arg("run")
-            .arg("--manifests")
-            .arg(&self.manifests);
+            .args(source);
         for device in self.node_devices(node) {
             cmd.arg("--device").arg(device);
         }

@@ -10,7 +10,9 @@
 //!  pods 10.244.1.x  pods 10.244.2.x
 //! ```
 
+pub mod apiserver;
 pub mod cmd;
+pub mod control_plane;
 pub mod lab;
 pub mod manifests;
 pub mod privilege;

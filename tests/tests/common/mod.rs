@@ -18,6 +18,7 @@ pub fn binaries() -> Binaries {
     }
     b.backend = env!("CARGO_BIN_EXE_lab-backend").into();
     b.client = env!("CARGO_BIN_EXE_lab-client").into();
+    b.apiserver = env!("CARGO_BIN_EXE_lab-apiserver").into();
     b
 }
 
