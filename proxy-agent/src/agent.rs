@@ -2,7 +2,6 @@
 //! source describes until told to stop. On SIGTERM the programs and maps stay:
 //! the dataplane outlives the agent.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,7 +49,8 @@ pub struct RunArgs {
 const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
-    let mut source = Source::new(&args).await?;
+    let node_name = node_name(&args)?;
+    let mut source = Source::new(&args, &node_name).await?;
     datapath::ensure_bpffs(bpffs)?;
     let mut ebpf = datapath::load(&layout)?;
     let _logger = spawn_ebpf_logger(&mut ebpf);
@@ -61,7 +61,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut sync = Sync::adopt(&maps)?;
     let mut config = Config {
         proxy_name: args.proxy_name.clone(),
-        node_name: Some(node_name(&args)?),
+        node_name: Some(node_name),
         nodeport_addresses: args.nodeport_addresses.clone(),
         ..Config::default()
     };
@@ -105,7 +105,7 @@ enum Source {
 }
 
 impl Source {
-    async fn new(args: &RunArgs) -> anyhow::Result<Self> {
+    async fn new(args: &RunArgs, node_name: &str) -> anyhow::Result<Self> {
         if let Some(path) = &args.manifests {
             return Ok(Source::Dir {
                 path: path.clone(),
@@ -113,10 +113,9 @@ impl Source {
                 seen: yaml_dir::fingerprint(path).ok(),
             });
         }
-        let node_name = node_name(args)?;
         let client = source::kube::client(args.kubeconfig.as_deref()).await?;
         tracing::info!(node = node_name, "watching Services, EndpointSlices and this node");
-        Ok(Source::Kube(KubeSource::start(client, &node_name, args.proxy_name.as_deref())))
+        Ok(Source::Kube(KubeSource::start(client, node_name, args.proxy_name.as_deref())))
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -189,13 +188,13 @@ fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>
     }))
 }
 
-/// What the agent believes the maps hold, and the counters about it.
+/// What the agent believes the maps hold.
 struct Sync {
     current: Tables,
     ids: Ids,
     needs_retry: bool,
+    /// Logged once when they first appear, not on every sync.
     last_skipped: Vec<Skipped>,
-    skipped_total: BTreeMap<&'static str, u64>,
     generation: u64,
 }
 
@@ -212,7 +211,6 @@ impl Sync {
             current,
             needs_retry: false,
             last_skipped: Vec::new(),
-            skipped_total: BTreeMap::new(),
             generation: 0,
         })
     }
@@ -244,7 +242,7 @@ impl Sync {
         }
         tracing::info!(
             generation = self.generation,
-            frontends = wanted_len(&self.current),
+            frontends = self.current.services.len(),
             backends = self.current.backends.len(),
             ops = ops.len(),
             failed = failures.len(),
@@ -255,15 +253,10 @@ impl Sync {
 
     fn report_skipped(&mut self, skipped: Vec<Skipped>) {
         for s in &skipped {
-            *self.skipped_total.entry(s.reason.label()).or_default() += 1;
             if !self.last_skipped.contains(s) {
                 tracing::warn!(object = %s.object, reason = s.reason.label(), "skipped");
             }
         }
         self.last_skipped = skipped;
     }
-}
-
-fn wanted_len(t: &Tables) -> usize {
-    t.services.len()
 }

@@ -20,52 +20,60 @@ pub fn ct_key(flow: &Flow, direction: CtDirection) -> CtKey {
     CtKey::new(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, direction)
 }
 
-/// The backend id this flow was sent to before, for the same frontend.
+/// The entry of a flow sent to this frontend before.
 #[inline(always)]
-pub fn ct4_lookup_original(key: &CtKey, svc: &ServiceValue) -> Option<u32> {
-    let entry = unsafe { CONNTRACK.get(key) }?;
-    if entry.rev_nat_index != svc.rev_nat_index {
+pub fn ct4_lookup_original(key: &CtKey, svc: &ServiceValue) -> Option<*mut CtValue> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    if unsafe { (*entry).rev_nat_index } != svc.rev_nat_index {
         return None;
     }
-    Some(entry.backend_id)
+    Some(entry)
 }
 
 /// Reply entry for a packet coming back from a backend.
 #[inline(always)]
 pub fn ct4_lookup_reply(key: &CtKey) -> Option<CtValue> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
-    let now = now_ns();
-    unsafe {
-        if now.wrapping_sub((*entry).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-            (*entry).last_seen_ns = now;
-        }
-        Some(*entry)
-    }
+    touch(entry, now_ns());
+    Some(unsafe { *entry })
 }
 
-/// Records (or refreshes) both directions of a translated flow. Both are
-/// written on every new flow and checked on every original-direction packet:
-/// the LRU may evict one direction without the other.
+/// Moves `last_seen_ns` forward when it is more than the granularity old;
+/// true when it did. Writing it on every packet would cost a store per packet
+/// for nothing.
 #[inline(always)]
-pub fn ct4_track(
-    orig: &CtKey,
-    svc: &ServiceValue,
-    backend_id: u32,
-    backend: &Backend,
-    is_new: bool,
-) -> Result<(), i64> {
-    let now = now_ns();
-    let reply = orig.reply_after_dnat(backend.addr, backend.port);
-    if !is_new {
-        if let Some(entry) = CONNTRACK.get_ptr_mut(orig) {
-            let stale = unsafe { now.wrapping_sub((*entry).last_seen_ns) } > LAST_SEEN_GRANULARITY_NS;
-            let reply_present = unsafe { CONNTRACK.get(&reply) }.is_some();
-            if !stale && reply_present {
-                return Ok(());
-            }
-            unsafe { (*entry).last_seen_ns = now };
+fn touch(entry: *mut CtValue, now: u64) -> bool {
+    unsafe {
+        if now.wrapping_sub((*entry).last_seen_ns) <= LAST_SEEN_GRANULARITY_NS {
+            return false;
         }
+        (*entry).last_seen_ns = now;
     }
+    true
+}
+
+/// A packet of a known flow. Once per granularity, when its timestamp moves,
+/// the reply entry is checked too and written back if the LRU evicted it
+/// (the two directions are evicted independently).
+#[inline(always)]
+pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend) -> Result<(), i64> {
+    let now = now_ns();
+    if !touch(entry, now) {
+        return Ok(());
+    }
+    let reply = orig.reply_after_dnat(backend.addr, backend.port);
+    if unsafe { CONNTRACK.get(&reply) }.is_some() {
+        return Ok(());
+    }
+    let (backend_id, rev_nat_index) = unsafe { ((*entry).backend_id, (*entry).rev_nat_index) };
+    insert(&reply, &reply_value(orig, backend_id, rev_nat_index, now))
+}
+
+/// Records both directions of a new flow (or of one moved off a removed
+/// backend).
+#[inline(always)]
+pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, backend_id: u32, backend: &Backend) -> Result<(), i64> {
+    let now = now_ns();
     let fwd = CtValue {
         backend_id,
         rev_nat_index: svc.rev_nat_index,
@@ -75,18 +83,26 @@ pub fn ct4_track(
         created_ns: now,
         last_seen_ns: now,
     };
-    let rev = CtValue {
+    insert(orig, &fwd)?;
+    let reply = orig.reply_after_dnat(backend.addr, backend.port);
+    insert(&reply, &reply_value(orig, backend_id, svc.rev_nat_index, now))
+}
+
+/// The reply entry puts the frontend the client dialled back as the source.
+#[inline(always)]
+fn reply_value(orig: &CtKey, backend_id: u32, rev_nat_index: u32, now: u64) -> CtValue {
+    CtValue {
         backend_id,
-        rev_nat_index: svc.rev_nat_index,
+        rev_nat_index,
         nat_addr: orig.daddr,
         nat_port: orig.dport,
         flags: 0,
         created_ns: now,
         last_seen_ns: now,
-    };
-    if is_new {
-        CONNTRACK.insert(orig, &fwd, BPF_ANY as u64).map_err(|e| e as i64)?;
     }
-    CONNTRACK.insert(&reply, &rev, BPF_ANY as u64).map_err(|e| e as i64)?;
-    Ok(())
+}
+
+#[inline(always)]
+fn insert(key: &CtKey, value: &CtValue) -> Result<(), i64> {
+    CONNTRACK.insert(key, value, BPF_ANY as u64).map_err(|e| e as i64)
 }

@@ -9,7 +9,7 @@ use aya_log_ebpf::error;
 use proxy_common::{CtDirection, Verdict};
 
 use crate::{
-    conntrack::{ct4_lookup_original, ct4_lookup_reply, ct4_track, ct_key},
+    conntrack::{ct4_create, ct4_lookup_original, ct4_lookup_reply, ct4_refresh, ct_key},
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend},
     maps::count,
     nat::{rewrite, Side},
@@ -46,18 +46,23 @@ fn handle_flow(ctx: &TcContext, flow: &Flow) -> (Verdict, i32) {
 
     let orig = ct_key(flow, CtDirection::Original);
     let known = ct4_lookup_original(&orig, &svc)
-        .and_then(|id| lb4_lookup_backend(id).map(|b| (id, b)));
-    let is_new = known.is_none();
-    // A flow whose backend was removed (a UDP stream to a deleted pod) moves
-    // to a live backend instead of black-holing.
-    let Some((backend_id, backend)) = known.or_else(|| lb4_select_backend(&svc)) else {
-        return (Verdict::NoBackend, TC_ACT_SHOT);
+        .and_then(|entry| lb4_lookup_backend(unsafe { (*entry).backend_id }).map(|b| (entry, b)));
+    let tracked = match known {
+        Some((entry, backend)) => ct4_refresh(entry, &orig, &backend).map(|()| backend),
+        // New, or its backend was removed (a UDP stream to a deleted pod):
+        // a live backend instead of a black hole.
+        None => match lb4_select_backend(&svc) {
+            Some((backend_id, backend)) => ct4_create(&orig, &svc, backend_id, &backend).map(|()| backend),
+            None => return (Verdict::NoBackend, TC_ACT_SHOT),
+        },
     };
-
-    if let Err(e) = ct4_track(&orig, &svc, backend_id, &backend, is_new) {
-        error!(ctx, "conntrack update failed: {}", e);
-        return (Verdict::Error, TC_ACT_SHOT);
-    }
+    let backend = match tracked {
+        Ok(backend) => backend,
+        Err(e) => {
+            error!(ctx, "conntrack update failed: {}", e);
+            return (Verdict::Error, TC_ACT_SHOT);
+        }
+    };
     match rewrite(ctx, flow, Side::Destination, backend.addr, backend.port) {
         Ok(()) => (Verdict::Translated, TC_ACT_OK),
         Err(e) => {

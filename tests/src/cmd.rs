@@ -39,6 +39,13 @@ pub fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     run("ip", &full)
 }
 
+/// A command that runs `program` inside namespace `ns`, to spawn.
+pub fn ns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
 pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     in_ns(ns, &["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
 }

@@ -2,12 +2,12 @@
 //! namespace on port 6443, reached over the underlay, and kubectl against it.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cmd::in_ns;
+use crate::cmd::{in_ns, ns_command};
 use crate::lab::{wait_until, Lab};
 
 pub const API_PORT: u16 = 6443;
@@ -44,9 +44,7 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.dir.join("apiserver.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.control_plane_ns])
-            .arg(&self.binaries.apiserver)
+        let child = ns_command(&self.control_plane_ns, &self.binaries.apiserver)
             .args(["--listen", &format!("0.0.0.0:{API_PORT}")])
             .arg("--state")
             .arg(self.dir.join("apiserver-state.json"))
@@ -74,8 +72,8 @@ impl Lab {
     pub fn kubectl(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
         let kubeconfig = self.kubeconfig().to_string_lossy().into_owned();
         let cache = self.dir.join("kube-cache").to_string_lossy().into_owned();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.control_plane_ns, "kubectl", "--kubeconfig", &kubeconfig, "--cache-dir", &cache])
+        let mut cmd = ns_command(&self.control_plane_ns, "kubectl");
+        cmd.args(["--kubeconfig", &kubeconfig, "--cache-dir", &cache])
             .args(args)
             .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::cmd::{in_ns, ip, run, sysctl};
+use crate::cmd::{in_ns, ip, ns_command, run, sysctl};
 use crate::traffic::{self, Reply};
 
 /// Every lab namespace and run directory starts with this, followed by the
@@ -236,9 +236,8 @@ impl Lab {
 
     fn spawn_in(&self, ns: &str, argv: &[&str], label: &str) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{label}.log")))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(argv)
+        let child = ns_command(ns, argv[0])
+            .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -330,9 +329,7 @@ impl Lab {
         timeout_ms: u32,
         interval_ms: u32,
     ) -> anyhow::Result<BackgroundRequests> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", from_ns])
-            .arg(&self.binaries.client)
+        let child = ns_command(from_ns, &self.binaries.client)
             .args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

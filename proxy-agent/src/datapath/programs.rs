@@ -74,21 +74,22 @@ pub fn cleanup(layout: &PinLayout) -> anyhow::Result<()> {
         tracing::info!(path = %layout.root.display(), "nothing to clean up");
         return Ok(());
     }
-    for dir in [layout.links(), layout.maps()] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries {
-                let path = entry?.path();
-                if dir == layout.links() {
-                    if let Err(error) = super::link_detach::detach_pinned_link(&path) {
-                        // Its device is gone, or the link was detached already.
-                        tracing::warn!(path = %path.display(), %error, "detaching link");
-                    }
-                }
-                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-                tracing::info!(path = %path.display(), "removed pin");
-            }
+    for link in pins_in(&layout.links()) {
+        if let Err(error) = super::link_detach::detach_pinned_link(&link) {
+            // Its device is gone, or the link was detached already.
+            tracing::warn!(path = %link.display(), %error, "detaching link");
         }
+    }
+    for pin in pins_in(&layout.links()).into_iter().chain(pins_in(&layout.maps())) {
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        tracing::info!(path = %pin.display(), "removed pin");
     }
     std::fs::remove_dir_all(&layout.root).with_context(|| format!("removing {}", layout.root.display()))?;
     Ok(())
+}
+
+fn pins_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -50,7 +51,7 @@ impl Candidate {
 
 /// IPv4 slices by the namespace and name of the Service they belong to,
 /// each Service's in name order.
-pub(super) fn index_slices(slices: &[EndpointSlice]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+pub(super) fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
         if slice.address_type != "IPv4" {
@@ -112,16 +113,12 @@ pub(super) fn collect(
                 local: is_local(ep.node_name.as_deref(), config),
                 zone_hints: hints
                     .and_then(|h| h.for_zones.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|z| z.name.clone())
-                    .collect(),
+                    .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                    .unwrap_or_default(),
                 node_hints: hints
                     .and_then(|h| h.for_nodes.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|n| n.name.clone())
-                    .collect(),
+                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                    .unwrap_or_default(),
             };
             match by_address.get(&(ip, port)) {
                 Some(kept) if kept.rank() >= candidate.rank() => {}

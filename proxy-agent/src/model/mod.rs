@@ -16,6 +16,7 @@ mod topology;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -212,15 +213,15 @@ pub struct Model {
 
 /// Builds the model. Objects, or parts of them, that cannot be served are
 /// reported in the second value and left out; everything else is served.
-pub fn build(services: &[Service], slices: &[EndpointSlice], config: &Config) -> (Model, Vec<Skipped>) {
+pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &Config) -> (Model, Vec<Skipped>) {
     let slices_by_service = endpoints::index_slices(slices);
     let node_port_ips = node::node_port_ips(config);
     let mut builder = Builder::default();
 
     // Sorted so that, when two Services claim the same frontend, the same one
     // wins on every node and every restart.
-    let mut services: Vec<&Service> = services.iter().collect();
-    services.sort_by_key(|s| object_name(&s.metadata));
+    let mut services: Vec<&Service> = services.iter().map(|s| &**s).collect();
+    services.sort_by_cached_key(|s| object_name(&s.metadata));
 
     for svc in services {
         let (namespace, name) = object_name(&svc.metadata);
@@ -258,9 +259,7 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], config: &Config) ->
                 None
             });
             let candidates = endpoints::collect(svc_slices, &port_name, proto, config, &mut |reason| {
-                builder
-                    .skipped
-                    .push(Skipped::port(&namespace, &name, &port_name, reason))
+                builder.skipped.push(skip_port(reason))
             });
             let chosen = topology::categorize(&candidates, config);
 

@@ -91,8 +91,8 @@ impl KubeSource {
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            services: self.services.state().iter().map(|s| (**s).clone()).collect(),
-            slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            services: self.services.state(),
+            slices: self.slices.state(),
         }
     }
 

@@ -3,12 +3,15 @@
 pub mod kube;
 pub mod yaml_dir;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// Everything a source currently knows.
+/// Everything a source currently knows. Shared with the source's stores, so
+/// taking a snapshot for a sync copies pointers, not objects.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
 }

@@ -5,6 +5,7 @@
 //! calls costs nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -100,11 +101,11 @@ fn add_object(value: Value, origin: &str, snapshot: &mut Snapshot, skipped: &mut
         }
         "Service" => {
             let object = name();
-            serde_json::from_value(value).map(|s| snapshot.services.push(s)).map_err(|e| (object, e))
+            serde_json::from_value(value).map(|s| snapshot.services.push(Arc::new(s))).map_err(|e| (object, e))
         }
         "EndpointSlice" => {
             let object = name();
-            serde_json::from_value(value).map(|s| snapshot.slices.push(s)).map_err(|e| (object, e))
+            serde_json::from_value(value).map(|s| snapshot.slices.push(Arc::new(s))).map_err(|e| (object, e))
         }
         // Null documents (a trailing `---`) and other kinds are not ours.
         _ => Ok(()),

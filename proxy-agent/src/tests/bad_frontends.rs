@@ -124,11 +124,7 @@ fn node_port_claimed_twice_goes_to_the_first_service_by_name() {
 }
 
 fn widen(snapshot: &mut crate::source::Snapshot, ports: usize) {
-    let wide = snapshot
-        .services
-        .iter_mut()
-        .find(|s| s.metadata.name.as_deref() == Some("wide"))
-        .unwrap();
+    let wide = super::service_mut(snapshot, "wide");
     let list = wide.spec.as_mut().unwrap().ports.as_mut().unwrap();
     let first: ServicePort = list[0].clone();
     *list = (0..ports)

@@ -162,11 +162,21 @@ pub fn reasons(skipped: &[Skipped], object: &str) -> Vec<SkipReason> {
         .collect()
 }
 
+pub fn service_mut<'a>(snapshot: &'a mut Snapshot, name: &str) -> &'a mut k8s_openapi::api::core::v1::Service {
+    snapshot
+        .services
+        .iter_mut()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .map(std::sync::Arc::make_mut)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
 pub fn slice_mut<'a>(snapshot: &'a mut Snapshot, namespace: &str, name: &str) -> &'a mut EndpointSlice {
     snapshot
         .slices
         .iter_mut()
         .find(|s| s.metadata.namespace.as_deref() == Some(namespace) && s.metadata.name.as_deref() == Some(name))
+        .map(std::sync::Arc::make_mut)
         .unwrap_or_else(|| panic!("no slice {namespace}/{name}"))
 }
 

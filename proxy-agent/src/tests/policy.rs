@@ -109,11 +109,7 @@ fn external_policy_means_nothing_on_a_service_not_reachable_from_outside() {
     // kube-proxy's ExternalPolicyLocal: a plain ClusterIP Service (no
     // externalIPs) has no external traffic to keep local.
     let mut snapshot = load(POLICY);
-    let store = snapshot
-        .services
-        .iter_mut()
-        .find(|s| s.metadata.name.as_deref() == Some("session-store"))
-        .unwrap();
+    let store = super::service_mut(&mut snapshot, "session-store");
     store.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
     let (model, _) = build(&snapshot, &on_node("kind-worker3"));
     let e = entry(&model, ClusterIp, "10.96.40.1", 6379, Tcp);

@@ -44,7 +44,7 @@ impl Drop for TempDir {
 }
 
 fn names<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
-    objects: &[T],
+    objects: &[std::sync::Arc<T>],
 ) -> Vec<String> {
     let mut names: Vec<String> = objects
         .iter()
