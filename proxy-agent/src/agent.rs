@@ -44,6 +44,11 @@ pub struct RunArgs {
     /// default: all of the node's addresses, never loopback.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<Cidr>,
+    /// This node's addresses (repeat for each). With the Kubernetes source
+    /// they come from the Node object; this flag is for `--manifests`, or
+    /// overrides the Node's when given.
+    #[arg(long = "node-ip")]
+    node_ips: Vec<std::net::Ipv4Addr>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -63,6 +68,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         proxy_name: args.proxy_name.clone(),
         node_name: Some(node_name),
         nodeport_addresses: args.nodeport_addresses.clone(),
+        node_ips: args.node_ips.clone(),
         ..Config::default()
     };
 
@@ -70,7 +76,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut sigint = signal(SignalKind::interrupt())?;
     source.wait_ready().await?;
     loop {
-        source.update_node(&mut config);
+        source.update_node(&mut config, !args.node_ips.is_empty());
         match source.read() {
             Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
             Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
@@ -148,13 +154,15 @@ impl Source {
     }
 
     /// This node's zone and addresses, from its Node object when the source
-    /// has one.
-    fn update_node(&self, config: &mut Config) {
+    /// has one; `keep_ips` when `--node-ip` named the addresses.
+    fn update_node(&self, config: &mut Config, keep_ips: bool) {
         if let Source::Kube(kube) = self {
             if let Some(node) = kube.node() {
                 let (zone, ips) = model::node_config_from(&node);
                 config.node_zone = zone;
-                config.node_ips = ips;
+                if !keep_ips {
+                    config.node_ips = ips;
+                }
             }
         }
     }

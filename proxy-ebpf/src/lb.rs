@@ -11,13 +11,18 @@ use crate::packet::Flow;
 /// The frontend this packet is addressed to, if any.
 #[inline(always)]
 pub fn lb4_lookup_service(flow: &Flow) -> Option<ServiceValue> {
-    let key = ServiceKey {
+    lb4_lookup(&ServiceKey {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
         scope: scope::CLUSTER_IP,
-    };
-    unsafe { SERVICES.get(&key) }.copied()
+    })
+}
+
+/// The frontend with exactly this key (address, port, protocol, scope).
+#[inline(always)]
+pub fn lb4_lookup(key: &ServiceKey) -> Option<ServiceValue> {
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 #[inline(always)]
