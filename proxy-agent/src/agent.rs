@@ -9,7 +9,8 @@ use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::datapath::{self, PinLayout, PinnedMaps};
+use crate::datapath::{self, DeviceRole, PinLayout, PinnedMaps};
+use crate::datapath_config;
 use crate::diff::diff;
 use crate::model::{self, Cidr, Config};
 use crate::skip::Skipped;
@@ -30,9 +31,19 @@ pub struct RunArgs {
     /// This node's name, as in its Node object.
     #[arg(long = "hostname-override", env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Device to attach the tc ingress program to (repeat for each).
-    #[arg(long = "device", required = true)]
+    /// The node's own network device, where NodePort, LoadBalancer and
+    /// external IP traffic arrives from outside (repeat for each).
+    #[arg(long = "device", required_unless_present = "pod_devices")]
     devices: Vec<String>,
+    /// A pod's host-side device, where ClusterIP traffic from pods arrives
+    /// (repeat for each).
+    #[arg(long = "pod-device")]
+    pod_devices: Vec<String>,
+    /// The Service IP range(s) (comma-separated CIDRs, at most 4): traffic
+    /// from pods to an address there that no Service holds is refused, as
+    /// kube-proxy rejects traffic to unallocated ClusterIPs.
+    #[arg(long, value_delimiter = ',')]
+    service_cidr: Vec<Cidr>,
     /// How often to look for changes in the manifest directory.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
@@ -59,10 +70,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     datapath::ensure_bpffs(bpffs)?;
     let mut ebpf = datapath::load(&layout)?;
     let _logger = spawn_ebpf_logger(&mut ebpf);
-    for device in &args.devices {
-        datapath::attach_tc_ingress(&mut ebpf, &layout, device)?;
-    }
     let mut maps = PinnedMaps::open(&layout)?;
+    let mut attached = false;
+    datapath_config::warn_if_ports_overlap();
     let mut sync = Sync::adopt(&maps)?;
     let mut config = Config {
         proxy_name: args.proxy_name.clone(),
@@ -77,9 +87,17 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     source.wait_ready().await?;
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
+        datapath_config::write(&mut maps, &config, &args.service_cidr);
         match source.read() {
             Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
             Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
+        }
+        // Attached once the maps hold the first sync, so programs replaced
+        // over maps that had to be recreated never serve from empty maps.
+        if !attached {
+            attach_all(&mut ebpf, &layout, &args)?;
+            attached = true;
+            tracing::info!("datapath serving");
         }
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -89,6 +107,16 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         }
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
+    Ok(())
+}
+
+fn attach_all(ebpf: &mut aya::Ebpf, layout: &PinLayout, args: &RunArgs) -> anyhow::Result<()> {
+    for device in &args.devices {
+        datapath::attach_tc_ingress(ebpf, layout, device, DeviceRole::External)?;
+    }
+    for device in &args.pod_devices {
+        datapath::attach_tc_ingress(ebpf, layout, device, DeviceRole::Pod)?;
+    }
     Ok(())
 }
 

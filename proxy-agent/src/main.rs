@@ -2,6 +2,7 @@
 
 mod agent;
 mod datapath;
+mod datapath_config;
 mod diff;
 mod model;
 mod skip;

@@ -37,6 +37,9 @@ pub enum SkipReason {
     MissingHealthCheckNodePort,
     /// `healthCheckNodePort` outside 1..=65535; served without a health check.
     HealthCheckNodePortOutOfRange,
+    /// A `loadBalancerSourceRanges` entry is not an IPv4 CIDR; it admits no
+    /// one (if no entry is valid, the LoadBalancer addresses admit no one).
+    InvalidSourceRange,
 }
 
 impl SkipReason {
@@ -62,6 +65,7 @@ impl SkipReason {
             SkipReason::TooManyPorts => "too_many_ports",
             SkipReason::MissingHealthCheckNodePort => "missing_health_check_node_port",
             SkipReason::HealthCheckNodePortOutOfRange => "health_check_node_port_out_of_range",
+            SkipReason::InvalidSourceRange => "invalid_source_range",
         }
     }
 }

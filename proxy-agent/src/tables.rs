@@ -2,11 +2,11 @@
 //! hold, with ids that stay stable across syncs and agent restarts (conntrack
 //! entries name backends by id).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proxy_common::{
     maps::{backend_flags, scope, service_flags, MAX_BACKENDS_PER_SERVICE},
-    Backend, BackendSlotKey, ServiceKey, ServiceValue,
+    Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,
 };
 
 use crate::model::{Endpoint, Frontend, FrontendEntry, FrontendKind, Model, Protocol};
@@ -17,6 +17,8 @@ pub struct Tables {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub slots: BTreeMap<BackendSlotKey, u32>,
     pub backends: BTreeMap<u32, Backend>,
+    /// `loadBalancerSourceRanges` entries: (trie prefix length, key data).
+    pub source_ranges: BTreeSet<(u32, SourceRange)>,
 }
 
 /// Hands out service and backend ids. Freed ids are not handed out again
@@ -153,6 +155,17 @@ pub fn service_value_flags(frontend: &Frontend, entry: &FrontendEntry) -> (u32, 
     (flags, timeout)
 }
 
+/// The source range map entry admitting `cidr` to the frontend `service_id`.
+pub fn source_range(service_id: u32, cidr: &crate::model::Cidr) -> (u32, SourceRange) {
+    (
+        SourceRange::trie_prefix_len(cidr.prefix_len()),
+        SourceRange {
+            service_id_be: service_id.to_be(),
+            addr: u32::from_ne_bytes(cidr.network().octets()),
+        },
+    )
+}
+
 /// Lays the model out as map entries. A frontend with more endpoints than a
 /// service may hold is left out whole (and reported) rather than truncated.
 pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
@@ -186,7 +199,11 @@ pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
                 backend_id,
             );
         }
-        let (flags, affinity_timeout_s) = service_value_flags(frontend, entry);
+        let (mut flags, affinity_timeout_s) = service_value_flags(frontend, entry);
+        if let Some(ranges) = &entry.source_ranges {
+            flags |= service_flags::SOURCE_RANGES;
+            tables.source_ranges.extend(ranges.iter().map(|cidr| source_range(service_id, cidr)));
+        }
         tables.services.insert(
             key,
             ServiceValue {

@@ -7,6 +7,11 @@
 //! The frontend is stored in the reply entry itself rather than looked up by
 //! rev-NAT index, so a flow keeps being translated after its Service is gone,
 //! as established connections do under kube-proxy.
+//!
+//! When the source is rewritten too (SNAT for external traffic under
+//! `externalTrafficPolicy: Cluster`, masquerade for hairpin), the original
+//! entry names the new source in `peer_*` and the reply entry keeps the
+//! client's own address and port in `peer_*` to put back as the destination.
 
 use core::mem::size_of;
 
@@ -30,6 +35,12 @@ pub struct CtKey {
 }
 
 impl CtKey {
+    /// The key that replies carry once this flow has been sent to
+    /// `backend_addr:backend_port` from `src_addr:src_port` (after SNAT).
+    pub const fn reply_after_nat(&self, backend_addr: u32, backend_port: u16, src_addr: u32, src_port: u16) -> Self {
+        CtKey::new(backend_addr, src_addr, backend_port, src_port, self.proto, CtDirection::Reply)
+    }
+
     /// Key of a packet as seen on the wire, all fields in network byte order.
     pub const fn new(
         saddr: u32,
@@ -76,13 +87,31 @@ pub struct CtValue {
     pub nat_addr: u32,
     /// Original entries: backend port; reply entries: frontend port.
     pub nat_port: u16,
+    /// [`ct_flags`] bits.
     pub flags: u16,
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// With [`ct_flags::SNAT`]: original entries, the source written into
+    /// the packet; reply entries, the client's address, put back as the
+    /// destination. Otherwise 0.
+    pub peer_addr: u32,
+    pub peer_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    /// The source is rewritten too (see [`super::CtValue::peer_addr`]).
+    pub const SNAT: u16 = 1 << 0;
+    /// Translated packets are forwarded by a FIB lookup and a redirect
+    /// rather than handed to the stack: after the rewrite, a source or a
+    /// destination is one of the node's own addresses, which the stack's
+    /// input path would drop as martian.
+    pub const REDIRECT: u16 = 1 << 1;
 }
 
 const _: () = assert!(size_of::<CtKey>() == 16);
-const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(size_of::<CtValue>() == 40);
 
 /// How stale `last_seen_ns` may get before the datapath refreshes it; writing
 /// it on every packet would cost a map update per packet for nothing.

@@ -7,13 +7,16 @@
 //! datapath never swaps bytes.
 #![no_std]
 
+pub mod config;
 pub mod conntrack;
 pub mod maps;
+pub mod reject;
 pub mod select;
 pub mod verdict;
 
 pub use conntrack::{CtDirection, CtKey, CtValue};
-pub use maps::{Backend, BackendSlotKey, ServiceKey, ServiceValue};
+pub use config::{Cidr4, DatapathConfig};
+pub use maps::{Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange};
 pub use verdict::Verdict;
 
 /// IP protocol numbers the datapath translates.
@@ -30,4 +33,6 @@ mod pod {
     unsafe impl aya::Pod for crate::Backend {}
     unsafe impl aya::Pod for crate::CtKey {}
     unsafe impl aya::Pod for crate::CtValue {}
+    unsafe impl aya::Pod for crate::DatapathConfig {}
+    unsafe impl aya::Pod for crate::SourceRange {}
 }

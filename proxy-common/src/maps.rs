@@ -15,11 +15,13 @@ pub const BACKEND_SLOTS_MAP: &str = "BACKEND_SLOTS";
 pub const BACKENDS_MAP: &str = "BACKENDS";
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
 pub const VERDICTS_MAP: &str = "VERDICTS";
+pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
 
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_CONNTRACK: u32 = 262_144;
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// More than this many endpoints behind one frontend is refused by the agent;
 /// kube-proxy has no such limit, but EndpointSlices cap at 1000 per slice and
 /// no real Service comes close to this.
@@ -55,6 +57,10 @@ pub mod service_flags {
     /// is on this node, while the Service has endpoints elsewhere: kube-proxy
     /// drops such packets instead of refusing them.
     pub const NO_LOCAL_ENDPOINTS: u32 = 1 << 3;
+    /// A LoadBalancer frontend with `loadBalancerSourceRanges`: only
+    /// sources inside one of the service's entries in the source range map
+    /// may use it.
+    pub const SOURCE_RANGES: u32 = 1 << 4;
 }
 
 /// Bits of [`Backend::flags`]. They describe the endpoint, so they are the
@@ -111,7 +117,28 @@ pub struct Backend {
     pub flags: u8,
 }
 
+/// The data of a longest-prefix-match key in the source range map: a
+/// frontend's service id, then a client network. The prefix length always
+/// covers the whole id (32 bits) plus the network's own prefix, so ranges of
+/// one frontend never match another's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// Service id, big-endian so that its bits come first in the trie.
+    pub service_id_be: u32,
+    /// Client address or network, network byte order.
+    pub addr: u32,
+}
+
+impl SourceRange {
+    /// Prefix length of an entry for a network of `prefix_len` bits.
+    pub const fn trie_prefix_len(prefix_len: u8) -> u32 {
+        32 + prefix_len as u32
+    }
+}
+
 const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<SourceRange>() == 8);
 const _: () = assert!(size_of::<ServiceValue>() == 20);
 const _: () = assert!(size_of::<BackendSlotKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 8);

@@ -9,20 +9,33 @@ pub enum Verdict {
     ReverseTranslated = 1,
     /// Neither a frontend nor a tracked reply; left alone.
     NotService = 2,
-    /// A frontend with no usable backend; dropped.
+    /// A frontend with no usable backend (or an address in the service
+    /// range with no frontend): refused with a TCP reset or ICMP port
+    /// unreachable.
     NoBackend = 3,
     /// A packet the program could not read or rewrite.
     Error = 4,
+    /// The traffic policy is Local and no endpoint is on this node: dropped,
+    /// as kube-proxy does, so the client's retry can find another node.
+    NoLocalBackend = 5,
+    /// A LoadBalancer address reached from outside its
+    /// `loadBalancerSourceRanges`: dropped.
+    SourceDenied = 6,
+    /// No free SNAT port for a new external flow: dropped.
+    SnatExhausted = 7,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 5;
-    pub const ALL: [Verdict; 5] = [
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Verdict; 8] = [
         Verdict::Translated,
         Verdict::ReverseTranslated,
         Verdict::NotService,
         Verdict::NoBackend,
         Verdict::Error,
+        Verdict::NoLocalBackend,
+        Verdict::SourceDenied,
+        Verdict::SnatExhausted,
     ];
 
     pub const fn index(self) -> u32 {
@@ -36,6 +49,9 @@ impl Verdict {
             Verdict::NotService => "not_service",
             Verdict::NoBackend => "no_backend",
             Verdict::Error => "error",
+            Verdict::NoLocalBackend => "no_local_backend",
+            Verdict::SourceDenied => "source_denied",
+            Verdict::SnatExhausted => "snat_exhausted",
         }
     }
 }

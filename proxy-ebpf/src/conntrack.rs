@@ -1,13 +1,21 @@
 //! Connection tracking: the same backend for every packet of a flow, and the
 //! way back for its replies.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
 use proxy_common::{
-    conntrack::LAST_SEEN_GRANULARITY_NS, Backend, CtDirection, CtKey, CtValue, ServiceValue,
+    config::snat_port,
+    conntrack::{ct_flags, LAST_SEEN_GRANULARITY_NS},
+    Backend, CtDirection, CtKey, CtValue, DatapathConfig, ServiceValue,
 };
 
 use crate::maps::CONNTRACK;
 use crate::packet::Flow;
+
+/// Ports tried for a new SNATed flow before giving up on it.
+const SNAT_ATTEMPTS: u32 = 8;
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -52,6 +60,17 @@ fn touch(entry: *mut CtValue, now: u64) -> bool {
     true
 }
 
+/// The source a flow's packets leave with: the SNAT address and port when
+/// it has them, else the client's own.
+#[inline(always)]
+pub fn source_after_nat(orig: &CtKey, entry: &CtValue) -> (u32, u16) {
+    if entry.flags & ct_flags::SNAT != 0 {
+        (entry.peer_addr, entry.peer_port)
+    } else {
+        (orig.saddr, orig.sport)
+    }
+}
+
 /// A packet of a known flow. Once per granularity, when its timestamp moves,
 /// the reply entry is checked too and written back if the LRU evicted it
 /// (the two directions are evicted independently).
@@ -61,48 +80,98 @@ pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend) -> Resu
     if !touch(entry, now) {
         return Ok(());
     }
-    let reply = orig.reply_after_dnat(backend.addr, backend.port);
+    let value = unsafe { *entry };
+    let (src_addr, src_port) = source_after_nat(orig, &value);
+    let reply = orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port);
     if unsafe { CONNTRACK.get(&reply) }.is_some() {
         return Ok(());
     }
-    let (backend_id, rev_nat_index) = unsafe { ((*entry).backend_id, (*entry).rev_nat_index) };
-    insert(&reply, &reply_value(orig, backend_id, rev_nat_index, now))
+    insert(&reply, &reply_value(orig, &value, now), BPF_ANY)
+}
+
+/// How a new flow is translated.
+pub struct Nat {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// [`ct_flags`] bits.
+    pub flags: u16,
+    /// With [`ct_flags::SNAT`], the new source; otherwise unused.
+    pub src_addr: u32,
+    pub src_port: u16,
 }
 
 /// Records both directions of a new flow (or of one moved off a removed
 /// backend).
 #[inline(always)]
-pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, backend_id: u32, backend: &Backend) -> Result<(), i64> {
+pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, nat: &Nat) -> Result<(), i64> {
     let now = now_ns();
-    let fwd = CtValue {
-        backend_id,
-        rev_nat_index: svc.rev_nat_index,
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        flags: 0,
-        created_ns: now,
-        last_seen_ns: now,
-    };
-    insert(orig, &fwd)?;
-    let reply = orig.reply_after_dnat(backend.addr, backend.port);
-    insert(&reply, &reply_value(orig, backend_id, svc.rev_nat_index, now))
+    let fwd = original_value(svc, nat, now);
+    let (src_addr, src_port) = source_after_nat(orig, &fwd);
+    let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, src_addr, src_port);
+    insert(&reply, &reply_value(orig, &fwd, now), BPF_ANY)?;
+    insert(orig, &fwd, BPF_ANY)
 }
 
-/// The reply entry puts the frontend the client dialled back as the source.
+/// Like [`ct4_create`] for a flow SNATed to `snat_addr` on a port of the
+/// configured range. The reply entry is inserted only if absent, which claims
+/// the port atomically: two flows can never share a reply tuple. Returns the
+/// port (network byte order), or `None` when every attempt found its port
+/// taken.
 #[inline(always)]
-fn reply_value(orig: &CtKey, backend_id: u32, rev_nat_index: u32, now: u64) -> CtValue {
+pub fn ct4_create_snat(orig: &CtKey, svc: &ServiceValue, nat: &mut Nat, config: &DatapathConfig) -> Result<Option<u16>, i64> {
+    let now = now_ns();
+    let random = unsafe { bpf_get_prandom_u32() };
+    let mut attempt = 0;
+    while attempt < SNAT_ATTEMPTS {
+        nat.src_port = snat_port(random, attempt, config.snat_port_min, config.snat_port_max).to_be();
+        let fwd = original_value(svc, nat, now);
+        let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, nat.src_addr, nat.src_port);
+        if insert(&reply, &reply_value(orig, &fwd, now), BPF_NOEXIST).is_ok() {
+            insert(orig, &fwd, BPF_ANY)?;
+            return Ok(Some(nat.src_port));
+        }
+        attempt += 1;
+    }
+    Ok(None)
+}
+
+#[inline(always)]
+fn original_value(svc: &ServiceValue, nat: &Nat, now: u64) -> CtValue {
+    let snat = nat.flags & ct_flags::SNAT != 0;
     CtValue {
-        backend_id,
-        rev_nat_index,
-        nat_addr: orig.daddr,
-        nat_port: orig.dport,
-        flags: 0,
+        backend_id: nat.backend_id,
+        rev_nat_index: svc.rev_nat_index,
+        nat_addr: nat.backend.addr,
+        nat_port: nat.backend.port,
+        flags: nat.flags,
         created_ns: now,
         last_seen_ns: now,
+        peer_addr: if snat { nat.src_addr } else { 0 },
+        peer_port: if snat { nat.src_port } else { 0 },
+        _pad: [0; 2],
+    }
+}
+
+/// The reply entry puts the frontend the client dialled back as the source,
+/// and, for a SNATed flow, the client back as the destination.
+#[inline(always)]
+fn reply_value(orig: &CtKey, fwd: &CtValue, now: u64) -> CtValue {
+    let snat = fwd.flags & ct_flags::SNAT != 0;
+    CtValue {
+        backend_id: fwd.backend_id,
+        rev_nat_index: fwd.rev_nat_index,
+        nat_addr: orig.daddr,
+        nat_port: orig.dport,
+        flags: fwd.flags,
+        created_ns: now,
+        last_seen_ns: now,
+        peer_addr: if snat { orig.saddr } else { 0 },
+        peer_port: if snat { orig.sport } else { 0 },
+        _pad: [0; 2],
     }
 }
 
 #[inline(always)]
-fn insert(key: &CtKey, value: &CtValue) -> Result<(), i64> {
-    CONNTRACK.insert(key, value, BPF_ANY as u64).map_err(|e| e as i64)
+fn insert(key: &CtKey, value: &CtValue, flags: u32) -> Result<(), i64> {
+    CONNTRACK.insert(key, value, flags as u64).map_err(|e| e as i64)
 }

@@ -1,28 +1,78 @@
 //! Service lookup and backend selection.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use proxy_common::{
-    maps::scope, select::slot_for, Backend, BackendSlotKey, ServiceKey, ServiceValue,
+    maps::{scope, service_flags},
+    select::slot_for,
+    Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,
 };
 
-use crate::maps::{BACKENDS, BACKEND_SLOTS, SERVICES};
+use crate::maps::{BACKENDS, BACKEND_SLOTS, SERVICES, SOURCE_RANGES};
 use crate::packet::Flow;
 
-/// The frontend this packet is addressed to, if any.
+/// Where a packet entered the node, which decides the frontends it may use
+/// and whether its source is rewritten.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// From a pod on this node: ClusterIPs first, and also NodePorts and
+    /// external addresses, without SNAT.
+    Pod,
+    /// From outside the node: NodePorts and external addresses only.
+    External,
+}
+
+/// A frontend a packet is addressed to.
+#[derive(Clone, Copy)]
+pub struct Frontend {
+    pub svc: ServiceValue,
+    pub scope: u8,
+}
+
+/// The frontend this packet is addressed to, if any, among those its role
+/// may use.
 #[inline(always)]
-pub fn lb4_lookup_service(flow: &Flow) -> Option<ServiceValue> {
-    lb4_lookup(&ServiceKey {
+pub fn lb4_lookup_service(flow: &Flow, role: Role) -> Option<Frontend> {
+    let mut key = ServiceKey {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
         scope: scope::CLUSTER_IP,
-    })
+    };
+    if role == Role::Pod {
+        if let Some(svc) = lb4_lookup(&key) {
+            return Some(Frontend { svc, scope: key.scope });
+        }
+    }
+    for s in [scope::NODE_PORT, scope::EXTERNAL] {
+        key.scope = s;
+        if let Some(svc) = lb4_lookup(&key) {
+            return Some(Frontend { svc, scope: s });
+        }
+    }
+    None
 }
 
 /// The frontend with exactly this key (address, port, protocol, scope).
 #[inline(always)]
 pub fn lb4_lookup(key: &ServiceKey) -> Option<ServiceValue> {
     unsafe { SERVICES.get(key) }.copied()
+}
+
+/// `loadBalancerSourceRanges`: true unless the frontend has ranges and
+/// `saddr` is in none of them.
+#[inline(always)]
+pub fn lb4_source_allowed(svc: &ServiceValue, saddr: u32) -> bool {
+    if svc.flags & service_flags::SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        SourceRange::trie_prefix_len(32),
+        SourceRange {
+            service_id_be: svc.service_id.to_be(),
+            addr: saddr,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 #[inline(always)]

@@ -3,19 +3,29 @@
 #![no_main]
 
 mod conntrack;
+mod fib;
 mod lb;
 mod maps;
 mod nat;
 mod packet;
+mod reject;
 mod tc;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use lb::Role;
 
-/// tc ingress on pod-facing and node devices: translates service traffic and
-/// its replies, leaves everything else alone.
+/// tc ingress on pod-facing devices: ClusterIP (and NodePort and external
+/// address) traffic from pods, and replies from local backends.
 #[classifier]
-pub fn proxy_tc_ingress(ctx: TcContext) -> i32 {
-    tc::ingress(&ctx)
+pub fn proxy_tc_pod(ctx: TcContext) -> i32 {
+    tc::ingress(&ctx, Role::Pod)
+}
+
+/// tc ingress on the node's external devices: NodePort, LoadBalancer and
+/// external IP traffic from outside, and replies from remote backends.
+#[classifier]
+pub fn proxy_tc_external(ctx: TcContext) -> i32 {
+    tc::ingress(&ctx, Role::External)
 }
 
 #[cfg(not(test))]

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    maps::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES},
-    Backend, BackendSlotKey, CtKey, CtValue, ServiceKey, ServiceValue, Verdict,
+    maps::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES, MAX_SOURCE_RANGES},
+    Backend, BackendSlotKey, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SourceRange, Verdict,
 };
 
 #[map(name = "SERVICES")]
@@ -31,4 +31,18 @@ pub fn count(verdict: Verdict) {
         // Per-CPU slot: no other writer, a plain add is enough.
         unsafe { *counter += 1 };
     }
+}
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// `loadBalancerSourceRanges` per LoadBalancer frontend (by service id).
+#[map(name = "SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
+
+/// What the agent configured; all zero (no SNAT address, no service range)
+/// until it has.
+#[inline(always)]
+pub fn config() -> DatapathConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::programs::TcContext;
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP};
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
@@ -11,6 +11,10 @@ const IP_OFFSET_MASK: u16 = 0x1fff;
 /// in network byte order, as in the packet.
 pub struct Flow {
     pub l3_off: usize,
+    /// IPv4 header length in bytes (20 without options).
+    pub ihl: usize,
+    /// IPv4 total length, host byte order.
+    pub tot_len: u16,
     pub l4_off: usize,
     pub proto: u8,
     pub saddr: u32,
@@ -60,6 +64,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
     if frag & IP_OFFSET_MASK != 0 {
         return Ok(Parsed::Other);
     }
+    let tot_len = u16::from_be(ctx.load::<u16>(l3_off + 2).map_err(|_| ())?);
     let saddr = ctx.load::<u32>(l3_off + 12).map_err(|_| ())?;
     let daddr = ctx.load::<u32>(l3_off + 16).map_err(|_| ())?;
     let l4_off = l3_off + ihl;
@@ -67,6 +72,8 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
     let dport = ctx.load::<u16>(l4_off + 2).map_err(|_| ())?;
     Ok(Parsed::Flow(Flow {
         l3_off,
+        ihl,
+        tot_len,
         l4_off,
         proto,
         saddr,

@@ -17,6 +17,8 @@ use crate::traffic::{self, Reply};
 /// recognised and removed.
 pub const PREFIX: &str = "kpl";
 pub const BACKEND_PORT: u16 = 8080;
+/// The lab's Service range: every ClusterIP in its manifests is inside it.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -206,11 +208,14 @@ impl Lab {
         self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name} in the lab"))
     }
 
-    /// Devices the agent of `node` attaches to: its underlay and every pod veth.
-    pub fn node_devices(&self, node: usize) -> Vec<String> {
-        let mut devices = vec!["eth0".to_string()];
-        devices.extend(self.pods.iter().filter(|p| p.node == node).map(|p| p.host_if.clone()));
-        devices
+    /// The host-side veths of the pods on `node`.
+    pub fn pod_devices(&self, node: usize) -> Vec<String> {
+        self.pods.iter().filter(|p| p.node == node).map(|p| p.host_if.clone()).collect()
+    }
+
+    /// The node's address on the underlay, where its NodePorts listen.
+    pub fn node_ip(&self, node: usize) -> Ipv4Addr {
+        self.nodes[node].underlay_ip
     }
 
     /// Starts `lab-backend` in each named pod, answering on `BACKEND_PORT`.
@@ -250,7 +255,9 @@ impl Lab {
     /// Starts the agent of `node` on the lab's manifest directory.
     pub fn start_agent(&self, node: usize) -> anyhow::Result<Agent> {
         let manifests = self.manifests.to_string_lossy().into_owned();
-        self.spawn_agent(node, &["--manifests", &manifests])
+        // Without a Node object, the agent learns its address from the flag.
+        let node_ip = self.node_ip(node).to_string();
+        self.spawn_agent(node, &["--manifests", &manifests, "--node-ip", &node_ip])
     }
 
     /// Starts the agent of `node` on the lab's API server (see `start_apiserver`).
@@ -276,8 +283,9 @@ impl Lab {
             .arg(&n.bpffs)
             .arg("run")
             .args(source);
-        for device in self.node_devices(node) {
-            cmd.arg("--device").arg(device);
+        cmd.arg("--device").arg("eth0").arg("--service-cidr").arg(SERVICE_CIDR);
+        for device in self.pod_devices(node) {
+            cmd.arg("--pod-device").arg(device);
         }
         let child = cmd
             .env("RUST_LOG", "info")
@@ -389,9 +397,14 @@ impl Agent {
             .with_context(|| format!("agent did not sync {min} times; log:\n{}", self.own_log()))
     }
 
-    /// How many syncs this agent has logged.
+    /// How many syncs this agent has logged, once its programs are attached
+    /// (they are attached after the first sync); 0 before.
     pub fn generations(&self) -> u64 {
-        self.own_log().lines().filter(|l| l.contains(" synced generation=")).count() as u64
+        let log = self.own_log();
+        if !log.contains("datapath serving") {
+            return 0;
+        }
+        log.lines().filter(|l| l.contains(" synced generation=")).count() as u64
     }
 
     /// The log lines written by this agent (not by earlier ones on the node).

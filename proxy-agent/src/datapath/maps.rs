@@ -1,10 +1,12 @@
 use std::path::Path;
 
 use anyhow::Context;
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use proxy_common::{
-    maps::{BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, SERVICES_MAP, VERDICTS_MAP},
-    Backend, BackendSlotKey, CtKey, CtValue, ServiceKey, ServiceValue, Verdict,
+    config::CONFIG_MAP,
+    maps::{BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP},
+    Backend, BackendSlotKey, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SourceRange, Verdict,
 };
 
 use super::PinLayout;
@@ -19,6 +21,8 @@ pub struct PinnedMaps {
     backends: HashMap<MapData, u32, Backend>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     verdicts: PerCpuArray<MapData, u64>,
+    source_ranges: LpmTrie<MapData, SourceRange, u32>,
+    config: Array<MapData, DatapathConfig>,
 }
 
 #[derive(Debug)]
@@ -42,6 +46,8 @@ impl PinnedMaps {
             backends: open(&dir, BACKENDS_MAP)?.try_into()?,
             conntrack: open(&dir, CONNTRACK_MAP)?.try_into()?,
             verdicts: open(&dir, VERDICTS_MAP)?.try_into()?,
+            source_ranges: open(&dir, SOURCE_RANGES_MAP)?.try_into()?,
+            config: open(&dir, CONFIG_MAP)?.try_into()?,
         })
     }
 
@@ -60,6 +66,10 @@ impl PinnedMaps {
             let (k, v) = entry?;
             tables.backends.insert(k, v);
         }
+        for key in self.source_ranges.keys() {
+            let key = key?;
+            tables.source_ranges.insert((key.prefix_len(), key.data()));
+        }
         Ok(tables)
     }
 
@@ -71,7 +81,9 @@ impl PinnedMaps {
             let result = match op {
                 Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
                 Op::PutSlot(k, id) => self.slots.insert(k, id, 0),
+                Op::PutSourceRange(len, data) => self.source_ranges.insert(&Key::new(*len, *data), 1, 0),
                 Op::PutService(k, v) => self.services.insert(k, v, 0),
+                Op::DeleteSourceRange(len, data) => self.source_ranges.remove(&Key::new(*len, *data)),
                 Op::DeleteService(k) => self.services.remove(k),
                 Op::DeleteSlot(k) => self.slots.remove(k),
                 Op::DeleteBackend(id) => self.backends.remove(id),
@@ -84,6 +96,14 @@ impl PinnedMaps {
             }
         }
         failures
+    }
+
+    pub fn config(&self) -> anyhow::Result<DatapathConfig> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    pub fn set_config(&mut self, config: &DatapathConfig) -> anyhow::Result<()> {
+        Ok(self.config.set(0, config, 0)?)
     }
 
     /// Verdict counters summed over CPUs.

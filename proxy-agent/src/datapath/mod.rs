@@ -2,13 +2,14 @@
 //! attaching the programs, and reading and writing the pinned maps.
 
 mod bpffs;
+mod layout;
 mod link_detach;
 mod maps;
 mod programs;
 
 pub use bpffs::ensure_bpffs;
 pub use maps::PinnedMaps;
-pub use programs::{attach_tc_ingress, cleanup, load};
+pub use programs::{attach_tc_ingress, cleanup, load, DeviceRole};
 
 use std::path::{Path, PathBuf};
 

@@ -10,38 +10,60 @@ use super::PinLayout;
 
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
-const TC_INGRESS: &str = "proxy_tc_ingress";
+/// Which side of the node a device faces; each gets its own entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRole {
+    /// A pod's host-side veth.
+    Pod,
+    /// The node's own network devices.
+    External,
+}
+
+impl DeviceRole {
+    const ALL: [DeviceRole; 2] = [DeviceRole::Pod, DeviceRole::External];
+
+    fn program(self) -> &'static str {
+        match self {
+            DeviceRole::Pod => "proxy_tc_pod",
+            DeviceRole::External => "proxy_tc_external",
+        }
+    }
+}
 
 /// Loads the programs. Maps already pinned under `layout` are reused, so a
-/// new agent picks up the services, backends and flows of the one before it.
+/// new agent picks up the services, backends and flows of the one before it;
+/// pinned maps of another layout (from an older build) are replaced.
 pub fn load(layout: &PinLayout) -> anyhow::Result<Ebpf> {
     std::fs::create_dir_all(layout.maps())?;
     std::fs::create_dir_all(layout.links())?;
+    super::layout::unpin_outdated(&layout.maps())?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(layout.maps())
         .load(PROGRAM_OBJECT)
         .context("loading the eBPF object")?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(TC_INGRESS)
-        .context("tc ingress program missing from the object")?
-        .try_into()?;
-    program.load().context("loading the tc ingress program (verifier)")?;
+    for role in DeviceRole::ALL {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(role.program())
+            .with_context(|| format!("{} missing from the object", role.program()))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {} (verifier)", role.program()))?;
+    }
     Ok(ebpf)
 }
 
-/// Attaches the tc ingress program to `device` with a pinned tcx link. If a
-/// previous agent left a link there, its program is replaced in place
-/// (atomically, by the kernel), so no packet ever meets an empty hook.
-pub fn attach_tc_ingress(ebpf: &mut Ebpf, layout: &PinLayout, device: &str) -> anyhow::Result<()> {
+/// Attaches the tc ingress program for `role` to `device` with a pinned tcx
+/// link. If a previous agent left a link there, its program is replaced in
+/// place (atomically, by the kernel), so no packet ever meets an empty hook.
+pub fn attach_tc_ingress(ebpf: &mut Ebpf, layout: &PinLayout, device: &str, role: DeviceRole) -> anyhow::Result<()> {
     let program: &mut SchedClassifier = ebpf
-        .program_mut(TC_INGRESS)
-        .context("tc ingress program missing")?
+        .program_mut(role.program())
+        .context("tc program missing")?
         .try_into()?;
     let pin = layout.tc_ingress_link(device);
     if pin.exists() {
         match replace_pinned(program, &pin) {
             Ok(()) => {
-                tracing::info!(device, "replaced program on existing tc ingress link");
+                tracing::info!(device, ?role, "replaced program on existing tc ingress link");
                 return Ok(());
             }
             Err(error) => {
@@ -55,7 +77,7 @@ pub fn attach_tc_ingress(ebpf: &mut Ebpf, layout: &PinLayout, device: &str) -> a
         .with_context(|| format!("attaching tc ingress to {device}"))?;
     let link: FdLink = program.take_link(link_id)?.try_into()?;
     link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
-    tracing::info!(device, "attached tc ingress");
+    tracing::info!(device, ?role, "attached tc ingress");
     Ok(())
 }
 

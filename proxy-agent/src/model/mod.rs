@@ -204,6 +204,9 @@ pub struct FrontendEntry {
     /// on this node, while the Service has usable endpoints elsewhere:
     /// kube-proxy drops such traffic instead of refusing it.
     pub no_local_endpoints: bool,
+    /// LoadBalancer frontends of a Service with `loadBalancerSourceRanges`:
+    /// the client networks admitted (empty: none).
+    pub source_ranges: Option<Vec<Cidr>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -276,6 +279,7 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &
                 session_affinity: info.session_affinity,
                 health_check_node_port: info.health_check_node_port,
                 local_endpoint_count,
+                source_ranges: None,
             };
             let internal = if info.internal_policy_local {
                 entry(chosen.local.clone(), true)
@@ -297,8 +301,12 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &
                     builder.insert(at(*ip, node_port, FrontendKind::NodePort), &external);
                 }
             }
+            let load_balancer = FrontendEntry {
+                source_ranges: info.source_ranges.clone(),
+                ..external.clone()
+            };
             for ip in &info.load_balancer_ips {
-                builder.insert(at(*ip, port, FrontendKind::LoadBalancer), &external);
+                builder.insert(at(*ip, port, FrontendKind::LoadBalancer), &load_balancer);
             }
             for ip in &info.external_ips {
                 builder.insert(at(*ip, port, FrontendKind::ExternalIp), &external);

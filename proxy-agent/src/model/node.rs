@@ -33,6 +33,10 @@ impl Cidr {
     pub fn prefix_len(&self) -> u8 {
         self.prefix_len
     }
+
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
 }
 
 fn mask(prefix_len: u8) -> u32 {

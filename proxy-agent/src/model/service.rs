@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 
-use super::{valid_port, MAX_SERVICE_PORTS};
+use super::{valid_port, Cidr, MAX_SERVICE_PORTS};
 use crate::skip::SkipReason;
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API's
@@ -27,6 +27,9 @@ pub(super) struct ServiceInfo<'a> {
     pub internal_policy_local: bool,
     pub session_affinity: Option<u32>,
     pub health_check_node_port: Option<u16>,
+    /// `loadBalancerSourceRanges`, when given: the only clients the
+    /// LoadBalancer addresses admit.
+    pub source_ranges: Option<Vec<Cidr>>,
     service_type: ServiceType,
 }
 
@@ -111,8 +114,11 @@ impl<'a> ServiceInfo<'a> {
             }
         }
 
+        let source_ranges = source_ranges(spec.load_balancer_source_ranges.as_deref(), partly);
+
         Ok(ServiceInfo {
             ports,
+            source_ranges,
             cluster_ips,
             load_balancer_ips,
             external_ips,
@@ -203,4 +209,21 @@ fn cluster_ipv4s(cluster_ips: Option<&[String]>, cluster_ip: Option<&str>) -> Re
         }
     }
     Ok(v4)
+}
+
+/// Parses `loadBalancerSourceRanges` (kube-proxy trims spaces around each
+/// entry). An invalid entry is reported and admits no one; it never widens
+/// what the others admit, so a Service whose ranges are all invalid is
+/// reachable from nowhere rather than from everywhere.
+fn source_ranges(raw: Option<&[String]>, partly: &mut Vec<SkipReason>) -> Option<Vec<Cidr>> {
+    let raw = raw.filter(|r| !r.is_empty())?;
+    let mut ranges = Vec::new();
+    for entry in raw {
+        match entry.trim().parse::<Cidr>() {
+            Ok(cidr) if !ranges.contains(&cidr) => ranges.push(cidr),
+            Ok(_) => {}
+            Err(_) => partly.push(SkipReason::InvalidSourceRange),
+        }
+    }
+    Some(ranges)
 }

@@ -20,15 +20,16 @@ fn lay_out(snapshot: &Snapshot, ids: &mut Ids) -> Tables {
     tables
 }
 
-/// The order the agent promises: backends, slots, services are written;
-/// then services, slots, backends are removed.
+/// The order the agent promises: backends, slots (and source ranges),
+/// services are written; then services, source ranges and slots, backends
+/// are removed.
 fn phase(op: &Op) -> u8 {
     match op {
         Op::PutBackend(..) => 0,
-        Op::PutSlot(..) => 1,
+        Op::PutSlot(..) | Op::PutSourceRange(..) => 1,
         Op::PutService(..) => 2,
         Op::DeleteService(..) => 3,
-        Op::DeleteSlot(..) => 4,
+        Op::DeleteSlot(..) | Op::DeleteSourceRange(..) => 4,
         Op::DeleteBackend(..) => 5,
     }
 }
@@ -41,6 +42,8 @@ fn apply(tables: &mut Tables, op: &Op) {
         Op::DeleteService(key) => drop(tables.services.remove(key)),
         Op::DeleteSlot(key) => drop(tables.slots.remove(key)),
         Op::DeleteBackend(id) => drop(tables.backends.remove(id)),
+        Op::PutSourceRange(len, data) => drop(tables.source_ranges.insert((*len, *data))),
+        Op::DeleteSourceRange(len, data) => drop(tables.source_ranges.remove(&(*len, *data))),
     }
 }
 
@@ -215,6 +218,7 @@ fn scaling_one_service_writes_nothing_for_the_others() {
             Op::DeleteService(_) => false,
             Op::PutSlot(k, _) | Op::DeleteSlot(k) => web.contains(&k.service_id),
             Op::PutBackend(id, _) | Op::DeleteBackend(id) => web_backends.contains(id),
+            Op::PutSourceRange(_, r) | Op::DeleteSourceRange(_, r) => web.contains(&u32::from_be(r.service_id_be)),
         };
         assert!(ours, "{op:?} is not web's");
     }

@@ -1,0 +1,105 @@
+//! The settings the datapath reads from its config map: the SNAT address and
+//! port range, and the service ranges.
+
+use std::net::Ipv4Addr;
+
+use proxy_common::{
+    config::{MAX_SERVICE_CIDRS, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    Cidr4, DatapathConfig,
+};
+
+use crate::datapath::PinnedMaps;
+use crate::model::{Cidr, Config};
+
+/// What the config map should hold for this node. The SNAT address is the
+/// node's first address (NodePorts SNAT to the address they were reached
+/// on; this one is for LoadBalancer and external IPs). Ranges beyond the
+/// map's room are left out and reported.
+pub fn datapath_config(config: &Config, service_cidrs: &[Cidr]) -> DatapathConfig {
+    let mut out = DatapathConfig {
+        snat_addr: config
+            .node_ips
+            .iter()
+            .find(|ip| !ip.is_loopback())
+            .map(|ip| u32::from_ne_bytes(ip.octets()))
+            .unwrap_or(0),
+        snat_port_min: SNAT_PORT_MIN,
+        snat_port_max: SNAT_PORT_MAX,
+        ..DatapathConfig::default()
+    };
+    for (slot, cidr) in out.service_cidrs.iter_mut().zip(service_cidrs) {
+        *slot = cidr4(cidr);
+    }
+    out
+}
+
+fn cidr4(cidr: &Cidr) -> Cidr4 {
+    let mask = u32::MAX.checked_shl(32 - u32::from(cidr.prefix_len())).unwrap_or(0);
+    Cidr4 {
+        addr: u32::from_ne_bytes(cidr.network().octets()),
+        mask: u32::from_ne_bytes(Ipv4Addr::from(mask).octets()),
+    }
+}
+
+/// Writes the config map when it differs from what it holds.
+pub fn write(maps: &mut PinnedMaps, config: &Config, service_cidrs: &[Cidr]) {
+    if service_cidrs.len() > MAX_SERVICE_CIDRS {
+        tracing::warn!(given = service_cidrs.len(), used = MAX_SERVICE_CIDRS, "too many --service-cidr ranges; the rest are ignored");
+    }
+    let wanted = datapath_config(config, service_cidrs);
+    if maps.config().ok() == Some(wanted) {
+        return;
+    }
+    match maps.set_config(&wanted) {
+        Ok(()) => tracing::info!(
+            snat_addr = %Ipv4Addr::from(wanted.snat_addr.to_ne_bytes()),
+            snat_ports = format!("{}-{}", wanted.snat_port_min, wanted.snat_port_max),
+            service_cidrs = ?service_cidrs,
+            "datapath config written"
+        ),
+        Err(error) => tracing::error!(%error, "writing the datapath config failed"),
+    }
+}
+
+/// SNAT ports are safe from local sockets only while the kernel's ephemeral
+/// range stays clear of them.
+pub fn warn_if_ports_overlap() {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut parts = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    if let (Some(low), Some(high)) = (parts.next(), parts.next()) {
+        if low <= SNAT_PORT_MAX && high >= SNAT_PORT_MIN {
+            tracing::warn!(
+                ephemeral = format!("{low}-{high}"),
+                snat = format!("{SNAT_PORT_MIN}-{SNAT_PORT_MAX}"),
+                "the kernel's ephemeral port range overlaps the SNAT port range; a local connection to a backend could collide with a SNATed flow"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snat_address_is_the_first_non_loopback_node_address() {
+        let config = Config {
+            node_ips: vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 100, 0, 11), Ipv4Addr::new(10, 1, 0, 1)],
+            ..Config::default()
+        };
+        let cidrs: Vec<Cidr> = vec!["10.96.0.0/12".parse().unwrap()];
+        let out = datapath_config(&config, &cidrs);
+        assert_eq!(out.snat_addr, u32::from_ne_bytes([10, 100, 0, 11]));
+        assert!(out.in_service_range(u32::from_ne_bytes([10, 96, 0, 10])));
+        assert!(out.in_service_range(u32::from_ne_bytes([10, 111, 1, 1])));
+        assert!(!out.in_service_range(u32::from_ne_bytes([10, 112, 0, 1])));
+        assert_eq!((out.snat_port_min, out.snat_port_max), (SNAT_PORT_MIN, SNAT_PORT_MAX));
+    }
+
+    #[test]
+    fn no_node_address_means_no_snat() {
+        assert_eq!(datapath_config(&Config::default(), &[]).snat_addr, 0);
+    }
+}

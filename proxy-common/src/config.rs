@@ -1,0 +1,113 @@
+//! Settings the agent hands the datapath through a one-entry array map.
+
+use core::mem::size_of;
+
+pub const CONFIG_MAP: &str = "CONFIG";
+
+/// How many service ranges (`--service-cidr`) the datapath knows.
+pub const MAX_SERVICE_CIDRS: usize = 4;
+
+/// Source ports for SNATed external flows. Linux hands out ephemeral ports
+/// from `ip_local_port_range`, 32768-60999 by default, and NodePorts live in
+/// 30000-32767, so this range collides with neither; the agent warns when the
+/// node's ephemeral range overlaps it.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// An IPv4 network, address and mask both in network byte order. A zero mask
+/// marks an unused entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cidr4 {
+    pub addr: u32,
+    pub mask: u32,
+}
+
+impl Cidr4 {
+    #[inline(always)]
+    pub const fn contains(&self, addr: u32) -> bool {
+        self.mask != 0 && addr & self.mask == self.addr
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// The node address external flows are SNATed to when the backend may be
+    /// elsewhere (`externalTrafficPolicy: Cluster`), network byte order;
+    /// 0 when the node has none, and such flows are not translated.
+    pub snat_addr: u32,
+    /// Inclusive range of SNAT source ports, host byte order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Service ranges: a packet from a pod to an address inside one that no
+    /// frontend claims is refused, as kube-proxy rejects traffic to
+    /// unallocated ClusterIPs.
+    pub service_cidrs: [Cidr4; MAX_SERVICE_CIDRS],
+}
+
+impl DatapathConfig {
+    #[inline(always)]
+    pub fn in_service_range(&self, addr: u32) -> bool {
+        let mut i = 0;
+        while i < MAX_SERVICE_CIDRS {
+            if self.service_cidrs[i].contains(addr) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// The `attempt`-th candidate SNAT port (host byte order) for a flow, spread
+/// over `min..=max` by `random`. Successive attempts probe successive ports,
+/// so a few attempts find a free one unless the range is nearly full.
+#[inline(always)]
+pub const fn snat_port(random: u32, attempt: u32, min: u16, max: u16) -> u16 {
+    if max <= min {
+        return min;
+    }
+    let span = (max - min) as u32 + 1;
+    let offset = ((random as u64 * span as u64) >> 32) as u32;
+    min + ((offset + attempt) % span) as u16
+}
+
+const _: () = assert!(size_of::<Cidr4>() == 8);
+const _: () = assert!(size_of::<DatapathConfig>() == 40);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn service_range_membership() {
+        let mut config = DatapathConfig::default();
+        assert!(!config.in_service_range(be([10, 96, 0, 10])), "no range configured");
+        config.service_cidrs[1] = Cidr4 {
+            addr: be([10, 96, 0, 0]),
+            mask: be([255, 240, 0, 0]),
+        };
+        assert!(config.in_service_range(be([10, 96, 0, 10])));
+        assert!(config.in_service_range(be([10, 111, 255, 255])));
+        assert!(!config.in_service_range(be([10, 112, 0, 1])));
+        assert!(!config.in_service_range(be([0, 0, 0, 0])), "unused entries match nothing");
+    }
+
+    #[test]
+    fn snat_ports_stay_in_range_and_probe_onwards() {
+        for random in [0, 1, u32::MAX / 2, u32::MAX] {
+            for attempt in 0..8 {
+                let p = snat_port(random, attempt, SNAT_PORT_MIN, SNAT_PORT_MAX);
+                assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p));
+            }
+        }
+        assert_eq!(snat_port(u32::MAX, 0, 100, 103), 103);
+        assert_eq!(snat_port(u32::MAX, 1, 100, 103), 100, "wraps inside the range");
+        assert_eq!(snat_port(7, 3, 5, 5), 5);
+    }
+}
