@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// overrides the Node's when given.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
+    /// A cgroup v2 directory: processes in it (host-network clients) reach
+    /// frontends by socket-level load balancing (connect4, sendmsg4,
+    /// recvmsg4, getpeername4 hooks).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -61,6 +66,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let _logger = spawn_ebpf_logger(&mut ebpf);
     for device in &args.devices {
         datapath::attach_tc_ingress(&mut ebpf, &layout, device)?;
+    }
+    if let Some(cgroup) = &args.cgroup {
+        datapath::attach_cgroup(&mut ebpf, &layout, cgroup)?;
     }
     let mut maps = PinnedMaps::open(&layout)?;
     let mut sync = Sync::adopt(&maps)?;

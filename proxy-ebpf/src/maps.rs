@@ -32,3 +32,9 @@ pub fn count(verdict: Verdict) {
         unsafe { *counter += 1 };
     }
 }
+
+/// Socket-level load balancing: (socket, backend) -> the frontend it stands
+/// for, so `recvfrom` and `getpeername` show the address the socket dialled.
+#[map(name = "SOCK_REV_NAT")]
+pub static SOCK_REV_NAT: LruHashMap<proxy_common::sock::SockRevNatKey, proxy_common::sock::SockRevNatValue> =
+    LruHashMap::pinned(proxy_common::sock::MAX_SOCK_REV_NAT, 0);

@@ -279,6 +279,7 @@ impl Lab {
         for device in self.node_devices(node) {
             cmd.arg("--device").arg(device);
         }
+        cmd.arg("--cgroup").arg(self.node_cgroup(node)?);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -359,6 +360,87 @@ impl Lab {
             let _ = child.wait();
         }
         destroy_lab(&self.id);
+    }
+
+    /// Starts the agent of `node` on the lab's manifest directory with more
+    /// `run` flags (such as `--node-ip`).
+    pub fn start_agent_with(&self, node: usize, extra: &[&str]) -> anyhow::Result<Agent> {
+        let manifests = self.manifests.to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", manifests.as_str()];
+        args.extend_from_slice(extra);
+        self.spawn_agent(node, &args)
+    }
+
+    /// The cgroup v2 directory of `node`'s host-network processes, where its
+    /// agent attaches the socket hooks; made on first use. It sits in a
+    /// cgroup2 mount private to the lab (same hierarchy as the machine's,
+    /// wherever that is mounted), named after the lab so it is never the
+    /// machine's root cgroup or anyone else's, and removed at tear-down.
+    pub fn node_cgroup(&self, node: usize) -> anyhow::Result<PathBuf> {
+        let mount = self.dir.join(CGROUP_MOUNT);
+        if !mount.join("cgroup.procs").exists() {
+            std::fs::create_dir_all(&mount)?;
+            run("mount", &["-t", "cgroup2", "none", &mount.to_string_lossy()])?;
+        }
+        let dir = mount.join(format!("{}-{}", self.id, self.nodes[node].name));
+        if !dir.exists() {
+            std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+        }
+        Ok(dir)
+    }
+
+    /// Like `requests`, from a host-network process of `node`: lab-client in
+    /// the node's namespace, moved into the node's cgroup before it starts,
+    /// so the socket hooks see its every call.
+    pub fn host_requests(&self, node: usize, proto: &str, target: &str, count: u32, timeout_ms: u32) -> anyhow::Result<Vec<Reply>> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(self.node_cgroup(node)?.join("cgroup.procs").as_os_str().as_bytes())?;
+        let mut cmd = ns_command(&self.nodes[node].ns, &self.binaries.client);
+        cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string()]);
+        // SAFETY: join_cgroup only makes async-signal-safe calls.
+        unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
+        let out = cmd.output().context("starting lab-client")?;
+        if !out.status.success() {
+            bail!("lab-client failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(traffic::parse(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Where the lab mounts cgroup2, inside its run directory.
+const CGROUP_MOUNT: &str = "cgroup2";
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`
+/// (writing "0" means "me"). Runs between fork and exec: no allocation.
+fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the lab's cgroups (their processes killed first: a cgroup with
+/// members cannot be removed), before its cgroup2 mount is unmounted.
+fn remove_lab_cgroups(id: &str) {
+    let Ok(entries) = std::fs::read_dir(Path::new("/run").join(id).join(CGROUP_MOUNT)) else { return };
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(id))) {
+        let _ = wait_until(Duration::from_secs(2), || {
+            let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::fs::remove_dir(&dir).is_ok() || !dir.exists()
+        });
     }
 }
 
@@ -476,6 +558,7 @@ fn destroy_lab(id: &str) {
             }
         }
     }
+    remove_lab_cgroups(id);
     let dir = format!("/run/{id}/");
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
         let mut points: Vec<&str> = mounts
