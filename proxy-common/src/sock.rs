@@ -37,12 +37,43 @@ pub struct SockRevNatValue {
     pub pad: u16,
 }
 
+/// An unconnected UDP socket sends each datagram with its own destination,
+/// so the backend is chosen per `sendto`. This map keeps the socket's first
+/// choice per frontend, so all its datagrams to a frontend go to one backend,
+/// as conntrack keeps them for kube-proxy.
+pub const SOCK_FLOWS_MAP: &str = "SOCK_FLOWS";
+pub const MAX_SOCK_FLOWS: u32 = 262_144;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockFlowKey {
+    pub cookie: u64,
+    /// The frontend dialled, network byte order.
+    pub frontend_addr: u32,
+    pub frontend_port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockFlowValue {
+    pub backend_id: u32,
+    /// The frontend's at the time of the choice: a frontend removed and made
+    /// again (new index) does not inherit the old choice.
+    pub rev_nat_index: u32,
+}
+
 const _: () = assert!(size_of::<SockRevNatKey>() == 16);
 const _: () = assert!(size_of::<SockRevNatValue>() == 8);
+const _: () = assert!(size_of::<SockFlowKey>() == 16);
+const _: () = assert!(size_of::<SockFlowValue>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), integers only, padding spelled out as fields.
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNatValue {}
+    unsafe impl aya::Pod for super::SockFlowKey {}
+    unsafe impl aya::Pod for super::SockFlowValue {}
 }

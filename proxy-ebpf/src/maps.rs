@@ -38,3 +38,9 @@ pub fn count(verdict: Verdict) {
 #[map(name = "SOCK_REV_NAT")]
 pub static SOCK_REV_NAT: LruHashMap<proxy_common::sock::SockRevNatKey, proxy_common::sock::SockRevNatValue> =
     LruHashMap::pinned(proxy_common::sock::MAX_SOCK_REV_NAT, 0);
+
+/// Unconnected UDP sockets: (socket, frontend) -> the backend its first
+/// datagram went to, so later ones follow it.
+#[map(name = "SOCK_FLOWS")]
+pub static SOCK_FLOWS: LruHashMap<proxy_common::sock::SockFlowKey, proxy_common::sock::SockFlowValue> =
+    LruHashMap::pinned(proxy_common::sock::MAX_SOCK_FLOWS, 0);

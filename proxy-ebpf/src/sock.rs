@@ -4,9 +4,11 @@
 //! frontend address and no per-packet NAT or conntrack is needed. The reverse
 //! hooks show the application the frontend it dialled instead of the backend.
 //!
-//! Not done here (yet): session affinity (`sessionAffinity: ClientIP`); a
-//! host socket gets a random backend per connect, and an unconnected UDP
-//! socket one per datagram.
+//! Not done here (yet): session affinity (`sessionAffinity: ClientIP`) is
+//! ignored, each socket gets its own random backend; and a connected socket
+//! stays on its backend when that endpoint is removed (moving it would need
+//! the socket destroyed, as Cilium does with an iterator and
+//! `bpf_sock_destroy`).
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
@@ -16,13 +18,13 @@ use aya_ebpf::{
 };
 use proxy_common::{
     maps::scope,
-    sock::{SockRevNatKey, SockRevNatValue},
-    ServiceKey, ServiceValue, Verdict, IPPROTO_TCP, IPPROTO_UDP,
+    sock::{SockFlowKey, SockFlowValue, SockRevNatKey, SockRevNatValue},
+    Backend, ServiceKey, ServiceValue, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
-    lb::{lb4_lookup, lb4_select_backend},
-    maps::{count, SOCK_REV_NAT},
+    lb::{lb4_lookup, lb4_lookup_backend, lb4_select_backend},
+    maps::{count, SOCK_FLOWS, SOCK_REV_NAT},
 };
 
 /// What a cgroup sock_addr program returns to let the call go on.
@@ -47,17 +49,18 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         // so that `not_service` stays a packet count of the tc program.
         return PROCEED;
     };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // No usable endpoint (count 0), or the agent is half-way through
     // shrinking the service: refuse at once, as kube-proxy's REJECT does,
     // instead of letting the client wait for a timeout.
-    let Some((_, backend)) = lb4_select_backend(&svc) else {
+    let Some(backend) = choose_backend(cookie, &svc, addr, port, proto) else {
         count(Verdict::NoBackend);
         // Without this the kernel reports EPERM; with it, ECONNREFUSED.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     };
     let key = SockRevNatKey {
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        cookie,
         backend_addr: backend.addr,
         backend_port: backend.port,
         pad: 0,
@@ -67,7 +70,10 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         frontend_port: port,
         pad: 0,
     };
-    if SOCK_REV_NAT.insert(&key, &value, BPF_ANY as u64).is_err() {
+    // A datagram of a known flow finds its entry there: a lookup is cheaper
+    // than rewriting the LRU entry per datagram.
+    let known = unsafe { SOCK_REV_NAT.get(&key) }.is_some_and(|v| *v == value);
+    if !known && SOCK_REV_NAT.insert(&key, &value, BPF_ANY as u64).is_err() {
         // The flow still works; only the peer address the application reads
         // would be the backend's. Counted so it can be noticed.
         count(Verdict::Error);
@@ -111,6 +117,43 @@ fn protocol(sa: *mut bpf_sock_addr) -> Option<u8> {
         p if p == IPPROTO_UDP as u32 => Some(IPPROTO_UDP),
         _ => None,
     }
+}
+
+/// A TCP socket connects once: a fresh random choice. An unconnected UDP
+/// socket picks per datagram, so its datagrams to a frontend follow its first
+/// one while that backend exists (a deleted pod's flow moves to a live one),
+/// as kube-proxy's conntrack keeps a UDP flow on one endpoint.
+#[inline(always)]
+fn choose_backend(cookie: u64, svc: &ServiceValue, addr: u32, port: u16, proto: u8) -> Option<Backend> {
+    if svc.count == 0 {
+        return None;
+    }
+    let flow = SockFlowKey {
+        cookie,
+        frontend_addr: addr,
+        frontend_port: port,
+        proto,
+        pad: 0,
+    };
+    if proto == IPPROTO_UDP {
+        if let Some(known) = unsafe { SOCK_FLOWS.get(&flow) } {
+            if known.rev_nat_index == svc.rev_nat_index {
+                if let Some(backend) = lb4_lookup_backend(known.backend_id) {
+                    return Some(backend);
+                }
+            }
+        }
+    }
+    let (backend_id, backend) = lb4_select_backend(svc)?;
+    if proto == IPPROTO_UDP {
+        let chosen = SockFlowValue {
+            backend_id,
+            rev_nat_index: svc.rev_nat_index,
+        };
+        // Without the entry the next datagram picks again; nothing breaks.
+        let _ = SOCK_FLOWS.insert(&flow, &chosen, BPF_ANY as u64);
+    }
+    Some(backend)
 }
 
 #[inline(always)]

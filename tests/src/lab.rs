@@ -393,18 +393,31 @@ impl Lab {
     /// the node's namespace, moved into the node's cgroup before it starts,
     /// so the socket hooks see its every call.
     pub fn host_requests(&self, node: usize, proto: &str, target: &str, count: u32, timeout_ms: u32) -> anyhow::Result<Vec<Reply>> {
+        self.host_requests_in_background(node, proto, target, count, timeout_ms, 0)?.wait()
+    }
+
+    /// `host_requests` in the background, one every `interval_ms`.
+    pub fn host_requests_in_background(
+        &self,
+        node: usize,
+        proto: &str,
+        target: &str,
+        count: u32,
+        timeout_ms: u32,
+        interval_ms: u32,
+    ) -> anyhow::Result<BackgroundRequests> {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::process::CommandExt;
         let procs = std::ffi::CString::new(self.node_cgroup(node)?.join("cgroup.procs").as_os_str().as_bytes())?;
         let mut cmd = ns_command(&self.nodes[node].ns, &self.binaries.client);
-        cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string()]);
+        cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: join_cgroup only makes async-signal-safe calls.
         unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
-        let out = cmd.output().context("starting lab-client")?;
-        if !out.status.success() {
-            bail!("lab-client failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(traffic::parse(&String::from_utf8_lossy(&out.stdout)))
+        let child = cmd.spawn().context("starting lab-client")?;
+        Ok(BackgroundRequests { child })
     }
 }
 
