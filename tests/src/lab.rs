@@ -330,14 +330,21 @@ impl Lab {
         timeout_ms: u32,
         interval_ms: u32,
     ) -> anyhow::Result<BackgroundRequests> {
-        let child = ns_command(from_ns, &self.binaries.client)
-            .args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let child = self
+            .client_command(from_ns, proto, target, count, timeout_ms, interval_ms)
             .spawn()
             .context("starting lab-client")?;
         Ok(BackgroundRequests { child })
+    }
+
+    /// lab-client in `ns`, its output piped for `BackgroundRequests`.
+    fn client_command(&self, ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32, interval_ms: u32) -> Command {
+        let mut cmd = ns_command(ns, &self.binaries.client);
+        cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
     }
 
     pub fn logs(&self) -> String {
@@ -409,11 +416,7 @@ impl Lab {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::process::CommandExt;
         let procs = std::ffi::CString::new(self.node_cgroup(node)?.join("cgroup.procs").as_os_str().as_bytes())?;
-        let mut cmd = ns_command(&self.nodes[node].ns, &self.binaries.client);
-        cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = self.client_command(&self.nodes[node].ns, proto, target, count, timeout_ms, interval_ms);
         // SAFETY: join_cgroup only makes async-signal-safe calls.
         unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
         let child = cmd.spawn().context("starting lab-client")?;
