@@ -52,7 +52,10 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // No usable endpoint (count 0), or the agent is half-way through
     // shrinking the service: refuse at once, as kube-proxy's REJECT does,
-    // instead of letting the client wait for a timeout.
+    // instead of letting the client wait for a timeout. Also when the count
+    // is 0 only because a Local traffic policy left no endpoint on this node
+    // (NO_LOCAL_ENDPOINTS), where kube-proxy drops: a socket has no "drop"
+    // short of a timeout, and an immediate error tells the client more.
     let Some(backend) = choose_backend(cookie, &svc, addr, port, proto) else {
         count(Verdict::NoBackend);
         // Without this the kernel reports EPERM; with it, ECONNREFUSED.
