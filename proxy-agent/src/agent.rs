@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// overrides the Node's when given.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
+    /// A cgroup v2 directory: processes in it (host-network clients) reach
+    /// frontends by socket-level load balancing (connect4, sendmsg4,
+    /// recvmsg4, getpeername4 hooks).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -116,6 +121,9 @@ fn attach_all(ebpf: &mut aya::Ebpf, layout: &PinLayout, args: &RunArgs) -> anyho
     }
     for device in &args.pod_devices {
         datapath::attach_tc_ingress(ebpf, layout, device, DeviceRole::Pod)?;
+    }
+    if let Some(cgroup) = &args.cgroup {
+        datapath::attach_cgroup(ebpf, layout, cgroup)?;
     }
     Ok(())
 }

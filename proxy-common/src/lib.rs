@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod maps;
 pub mod reject;
 pub mod select;
+pub mod sock;
 pub mod verdict;
 
 pub use conntrack::{CtDirection, CtKey, CtValue};

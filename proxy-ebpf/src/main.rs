@@ -9,9 +9,13 @@ mod maps;
 mod nat;
 mod packet;
 mod reject;
+mod sock;
 mod tc;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use lb::Role;
 
 /// tc ingress on pod-facing devices: ClusterIP (and NodePort and external
@@ -26,6 +30,28 @@ pub fn proxy_tc_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn proxy_tc_external(ctx: TcContext) -> i32 {
     tc::ingress(&ctx, Role::External)
+}
+
+// Socket-level load balancing for processes in the cgroup these attach to.
+
+#[cgroup_sock_addr(connect4)]
+pub fn proxy_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn proxy_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn proxy_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn proxy_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

@@ -46,3 +46,15 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(MAX_SOURCE
 pub fn config() -> DatapathConfig {
     CONFIG.get(0).copied().unwrap_or_default()
 }
+
+/// Socket-level load balancing: (socket, backend) -> the frontend it stands
+/// for, so `recvfrom` and `getpeername` show the address the socket dialled.
+#[map(name = "SOCK_REV_NAT")]
+pub static SOCK_REV_NAT: LruHashMap<proxy_common::sock::SockRevNatKey, proxy_common::sock::SockRevNatValue> =
+    LruHashMap::pinned(proxy_common::sock::MAX_SOCK_REV_NAT, 0);
+
+/// Unconnected UDP sockets: (socket, frontend) -> the backend its first
+/// datagram went to, so later ones follow it.
+#[map(name = "SOCK_FLOWS")]
+pub static SOCK_FLOWS: LruHashMap<proxy_common::sock::SockFlowKey, proxy_common::sock::SockFlowValue> =
+    LruHashMap::pinned(proxy_common::sock::MAX_SOCK_FLOWS, 0);

@@ -254,10 +254,7 @@ impl Lab {
 
     /// Starts the agent of `node` on the lab's manifest directory.
     pub fn start_agent(&self, node: usize) -> anyhow::Result<Agent> {
-        let manifests = self.manifests.to_string_lossy().into_owned();
-        // Without a Node object, the agent learns its address from the flag.
-        let node_ip = self.node_ip(node).to_string();
-        self.spawn_agent(node, &["--manifests", &manifests, "--node-ip", &node_ip])
+        self.start_agent_with(node, &[])
     }
 
     /// Starts the agent of `node` on the lab's API server (see `start_apiserver`).
@@ -287,6 +284,7 @@ impl Lab {
         for device in self.pod_devices(node) {
             cmd.arg("--pod-device").arg(device);
         }
+        cmd.arg("--cgroup").arg(self.node_cgroup(node)?);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -337,14 +335,21 @@ impl Lab {
         timeout_ms: u32,
         interval_ms: u32,
     ) -> anyhow::Result<BackgroundRequests> {
-        let child = ns_command(from_ns, &self.binaries.client)
-            .args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let child = self
+            .client_command(from_ns, proto, target, count, timeout_ms, interval_ms)
             .spawn()
             .context("starting lab-client")?;
         Ok(BackgroundRequests { child })
+    }
+
+    /// lab-client in `ns`, its output piped for `BackgroundRequests`.
+    fn client_command(&self, ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32, interval_ms: u32) -> Command {
+        let mut cmd = ns_command(ns, &self.binaries.client);
+        cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
     }
 
     pub fn logs(&self) -> String {
@@ -367,6 +372,107 @@ impl Lab {
             let _ = child.wait();
         }
         destroy_lab(&self.id);
+    }
+
+    /// Starts the agent of `node` on the lab's manifest directory with more
+    /// `run` flags (such as `--node-ip`).
+    pub fn start_agent_with(&self, node: usize, extra: &[&str]) -> anyhow::Result<Agent> {
+        let manifests = self.manifests.to_string_lossy().into_owned();
+        // Without a Node object, the agent learns its name and address from
+        // flags.
+        let node_ip = self.node_ip(node).to_string();
+        let name = self.nodes[node].name.clone();
+        let mut args = vec!["--manifests", &manifests, "--node-ip", &node_ip, "--hostname-override", &name];
+        args.extend_from_slice(extra);
+        self.spawn_agent(node, &args)
+    }
+
+    /// Routes `dest` (a CIDR) from namespace `ns` through `node`'s underlay
+    /// address, as a router in front of the cluster routes LoadBalancer and
+    /// external IPs to a node.
+    pub fn route_via_node(&self, ns: &str, dest: &str, node: usize) -> anyhow::Result<()> {
+        ip(ns, &["route", "add", dest, "via", &self.node_ip(node).to_string()]).map(drop)
+    }
+
+    /// The cgroup v2 directory of `node`'s host-network processes, where its
+    /// agent attaches the socket hooks; made on first use. It sits in a
+    /// cgroup2 mount private to the lab (same hierarchy as the machine's,
+    /// wherever that is mounted), named after the lab so it is never the
+    /// machine's root cgroup or anyone else's, and removed at tear-down.
+    pub fn node_cgroup(&self, node: usize) -> anyhow::Result<PathBuf> {
+        let mount = self.dir.join(CGROUP_MOUNT);
+        if !mount.join("cgroup.procs").exists() {
+            std::fs::create_dir_all(&mount)?;
+            run("mount", &["-t", "cgroup2", "none", &mount.to_string_lossy()])?;
+        }
+        let dir = mount.join(format!("{}-{}", self.id, self.nodes[node].name));
+        if !dir.exists() {
+            std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+        }
+        Ok(dir)
+    }
+
+    /// Like `requests`, from a host-network process of `node`: lab-client in
+    /// the node's namespace, moved into the node's cgroup before it starts,
+    /// so the socket hooks see its every call.
+    pub fn host_requests(&self, node: usize, proto: &str, target: &str, count: u32, timeout_ms: u32) -> anyhow::Result<Vec<Reply>> {
+        self.host_requests_in_background(node, proto, target, count, timeout_ms, 0)?.wait()
+    }
+
+    /// `host_requests` in the background, one every `interval_ms`.
+    pub fn host_requests_in_background(
+        &self,
+        node: usize,
+        proto: &str,
+        target: &str,
+        count: u32,
+        timeout_ms: u32,
+        interval_ms: u32,
+    ) -> anyhow::Result<BackgroundRequests> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(self.node_cgroup(node)?.join("cgroup.procs").as_os_str().as_bytes())?;
+        let mut cmd = self.client_command(&self.nodes[node].ns, proto, target, count, timeout_ms, interval_ms);
+        // SAFETY: join_cgroup only makes async-signal-safe calls.
+        unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
+        let child = cmd.spawn().context("starting lab-client")?;
+        Ok(BackgroundRequests { child })
+    }
+}
+
+/// Where the lab mounts cgroup2, inside its run directory.
+const CGROUP_MOUNT: &str = "cgroup2";
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`
+/// (writing "0" means "me"). Runs between fork and exec: no allocation.
+fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the lab's cgroups (their processes killed first: a cgroup with
+/// members cannot be removed), before its cgroup2 mount is unmounted.
+fn remove_lab_cgroups(id: &str) {
+    let Ok(entries) = std::fs::read_dir(Path::new("/run").join(id).join(CGROUP_MOUNT)) else { return };
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(id))) {
+        let _ = wait_until(Duration::from_secs(2), || {
+            let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::fs::remove_dir(&dir).is_ok() || !dir.exists()
+        });
     }
 }
 
@@ -489,6 +595,7 @@ fn destroy_lab(id: &str) {
             }
         }
     }
+    remove_lab_cgroups(id);
     let dir = format!("/run/{id}/");
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
         let mut points: Vec<&str> = mounts

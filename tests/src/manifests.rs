@@ -60,3 +60,127 @@ endpoints:
 {eps}"#
     )
 }
+
+/// A Service of any type, with a TCP and a UDP port of the same number
+/// (and the same `nodePort`), and its EndpointSlice. Endpoints name their
+/// node, so traffic policies can tell local from remote.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub cluster_ip: String,
+    pub port: u16,
+    /// Makes it a NodePort Service (LoadBalancer when `load_balancer_ips`
+    /// is not empty).
+    pub node_port: Option<u16>,
+    pub load_balancer_ips: Vec<String>,
+    pub external_ips: Vec<String>,
+    pub source_ranges: Vec<String>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// (address, node name) of ready endpoints.
+    pub endpoints: Vec<(Ipv4Addr, String)>,
+}
+
+impl ServiceSpec {
+    pub fn new(name: &str, cluster_ip: &str, port: u16) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            cluster_ip: cluster_ip.into(),
+            port,
+            ..Default::default()
+        }
+    }
+
+    pub fn endpoint(mut self, addr: Ipv4Addr, node: &str) -> Self {
+        self.endpoints.push((addr, node.into()));
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        let target = crate::lab::BACKEND_PORT;
+        let (name, port) = (&self.name, self.port);
+        let kind = match (self.node_port, self.load_balancer_ips.is_empty()) {
+            (_, false) => "LoadBalancer",
+            (Some(_), true) => "NodePort",
+            (None, true) => "ClusterIP",
+        };
+        let node_port = self.node_port.map(|p| format!("\n    nodePort: {p}")).unwrap_or_default();
+        let mut spec_extra = String::new();
+        let list = |items: &[String]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+        if !self.external_ips.is_empty() {
+            spec_extra.push_str(&format!("  externalIPs: [{}]\n", list(&self.external_ips)));
+        }
+        if !self.source_ranges.is_empty() {
+            spec_extra.push_str(&format!("  loadBalancerSourceRanges: [{}]\n", list(&self.source_ranges)));
+        }
+        if kind != "ClusterIP" || !self.external_ips.is_empty() {
+            let policy = if self.external_local { "Local" } else { "Cluster" };
+            spec_extra.push_str(&format!("  externalTrafficPolicy: {policy}\n"));
+        }
+        if self.internal_local {
+            spec_extra.push_str("  internalTrafficPolicy: Local\n");
+        }
+        if let Some(p) = self.health_check_node_port {
+            spec_extra.push_str(&format!("  healthCheckNodePort: {p}\n"));
+        }
+        let status = if self.load_balancer_ips.is_empty() {
+            String::new()
+        } else {
+            let ingress: Vec<String> = self.load_balancer_ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+            format!("status:\n  loadBalancer:\n    ingress: [{}]\n", ingress.join(", "))
+        };
+        let mut eps = String::new();
+        for (addr, node) in &self.endpoints {
+            eps.push_str(&format!(
+                "- addresses: [\"{addr}\"]\n  nodeName: {node}\n  conditions:\n    ready: true\n    serving: true\n    terminating: false\n"
+            ));
+        }
+        if eps.is_empty() {
+            eps.push_str(" []\n");
+        }
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  type: {kind}
+  clusterIP: {cluster_ip}
+  clusterIPs: ["{cluster_ip}"]
+  ipFamilies: [IPv4]
+{spec_extra}  ports:
+  - name: tcp
+    port: {port}
+    protocol: TCP
+    targetPort: {target}{node_port}
+  - name: udp
+    port: {port}
+    protocol: UDP
+    targetPort: {target}{node_port}
+  selector:
+    app: {name}
+{status}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-abc12
+  namespace: default
+  labels:
+    kubernetes.io/service-name: {name}
+    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+addressType: IPv4
+ports:
+- name: tcp
+  port: {target}
+  protocol: TCP
+- name: udp
+  port: {target}
+  protocol: UDP
+endpoints:
+{eps}"#,
+            cluster_ip = self.cluster_ip
+        )
+    }
+}

@@ -72,16 +72,22 @@ fn kubectl_changes_reach_the_datapath() {
     let s = send(&lab, "client-a", "tcp", 60);
     assert_eq!((s.failed, answered_by(&s)), (0, vec!["web-2"]));
 
-    // Deleted: the frontend is withdrawn and no pod gets anything. (Whether
-    // the client then gets a quick ICMP error from the node's routing or a
-    // timeout depends on the kernel's ICMP rate limit; an explicit refusal
-    // from the datapath is the "every path" work.)
+    // Deleted: its ClusterIP is an unallocated address of the service range
+    // now, and the datapath refuses connections to it at once.
     lab.kubectl(&["delete", "service", "web", "-n", "default"], None).unwrap();
-    let s = Summary::of(&lab.requests(&lab.pod("client-a").ns, "udp", TARGET, 1, 300).unwrap());
     let took = wait_for_traffic(&lab, "client-a", "Service deleted", |s| s.failed == s.sent);
-    println!("Service deleted -> requests fail: {} ms (first probe: {s:?})", took.as_millis());
-    let s = Summary::of(&lab.requests(&lab.pod("client-a").ns, "tcp", TARGET, 4, 500).unwrap());
-    assert_eq!(s.failed, 4, "a deleted Service still answered: {s:?}");
+    println!("Service deleted -> requests fail: {} ms", took.as_millis());
+    for proto in ["tcp", "udp-connected"] {
+        let replies = lab.requests(&lab.pod("client-a").ns, proto, TARGET, 4, 2000).unwrap();
+        let s = Summary::of(&replies);
+        assert_eq!(s.failed, 4, "a deleted Service still answered: {s:?}");
+        assert!(s.errors.keys().all(|e| e.to_lowercase().contains("refused")), "{proto}: not refused: {:?}", s.errors);
+        let slowest = replies.iter().map(|r| match r {
+            proxy_lab::Reply::Err { micros, .. } | proxy_lab::Reply::Ok { micros, .. } => *micros,
+        }).max().unwrap_or(0);
+        println!("Service deleted -> {proto} refused, slowest of 4 in {slowest} µs (client timeout 2 s)");
+        assert!(slowest < 1_000_000, "{proto}: refusal took {slowest} µs");
+    }
 }
 
 #[test]

@@ -12,6 +12,10 @@ use proxy_common::{
         BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES,
         MAX_SOURCE_RANGES, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP,
     },
+    sock::{
+        SockFlowKey, SockFlowValue, SockRevNatKey, SockRevNatValue, MAX_SOCK_FLOWS, MAX_SOCK_REV_NAT, SOCK_FLOWS_MAP,
+        SOCK_REV_NAT_MAP,
+    },
     Backend, BackendSlotKey, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SourceRange, Verdict,
 };
 
@@ -32,7 +36,7 @@ const fn shape<K, V>(max_entries: u32) -> Shape {
 }
 
 /// Every pinned map the programs declare, as this build lays it out.
-pub const EXPECTED: [(&str, Shape); 7] = [
+pub const EXPECTED: [(&str, Shape); 9] = [
     (SERVICES_MAP, shape::<ServiceKey, ServiceValue>(MAX_SERVICES)),
     (BACKEND_SLOTS_MAP, shape::<BackendSlotKey, u32>(MAX_BACKEND_SLOTS)),
     (BACKENDS_MAP, shape::<u32, Backend>(MAX_BACKENDS)),
@@ -41,6 +45,8 @@ pub const EXPECTED: [(&str, Shape); 7] = [
     (CONFIG_MAP, shape::<u32, DatapathConfig>(1)),
     // An LPM trie key is its prefix length followed by the data.
     (SOURCE_RANGES_MAP, shape::<(u32, SourceRange), u32>(MAX_SOURCE_RANGES)),
+    (SOCK_REV_NAT_MAP, shape::<SockRevNatKey, SockRevNatValue>(MAX_SOCK_REV_NAT)),
+    (SOCK_FLOWS_MAP, shape::<SockFlowKey, SockFlowValue>(MAX_SOCK_FLOWS)),
 ];
 
 /// Unpins every map under `dir` whose layout differs from this build's, so

@@ -2,12 +2,14 @@
 //! attaching the programs, and reading and writing the pinned maps.
 
 mod bpffs;
+mod cgroup;
 mod layout;
 mod link_detach;
 mod maps;
 mod programs;
 
 pub use bpffs::ensure_bpffs;
+pub use cgroup::attach_cgroup;
 pub use maps::PinnedMaps;
 pub use programs::{attach_tc_ingress, cleanup, load, DeviceRole};
 
@@ -38,5 +40,11 @@ impl PinLayout {
 
     pub fn tc_ingress_link(&self, device: &str) -> PathBuf {
         self.links().join(format!("tc_ingress_{device}"))
+    }
+
+    /// One link per socket hook and cgroup, named by the cgroup's id (its
+    /// inode), so a restarted agent finds the links on the same cgroup.
+    pub fn cgroup_link(&self, hook: &str, cgroup_id: u64) -> PathBuf {
+        self.links().join(format!("cgroup_{hook}_{cgroup_id}"))
     }
 }

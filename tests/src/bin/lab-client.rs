@@ -1,6 +1,9 @@
 //! A lab client: sends COUNT requests to TARGET. With `tcp` and `udp` each
 //! request is a new flow (a new connection or socket); with `tcp-keep` and
-//! `udp-keep` all of them share one connection or socket, one flow. Prints one
+//! `udp-keep` all of them share one connection or socket, one flow; `udp`
+//! sends with `sendto` on an unconnected socket, `udp-connected` connects the
+//! socket first (as most resolvers do) and checks `getpeername` against the
+//! reply's source. Prints one
 //! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS` or
 //! `err REASON MICROS`. Bounded in count and time: every request has a timeout.
 
@@ -13,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let (proto, target, count, timeout_ms, interval_ms) = match args.as_slice() {
         [p, t, c, to] => (p, t, c, to, "0"),
         [p, t, c, to, i] => (p, t, c, to, i.as_str()),
-        _ => anyhow::bail!("usage: lab-client tcp|udp|tcp-keep|udp-keep TARGET COUNT TIMEOUT_MS [INTERVAL_MS]"),
+        _ => anyhow::bail!("usage: lab-client tcp|udp|udp-connected|tcp-keep|udp-keep TARGET COUNT TIMEOUT_MS [INTERVAL_MS]"),
     };
     let interval = Duration::from_millis(interval_ms.parse()?);
     let target: SocketAddr = target.parse()?;
@@ -26,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         let result = match proto.as_str() {
             "tcp" => tcp_request(target, timeout),
             "udp" => udp_request(target, timeout),
+            "udp-connected" => udp_connected_request(target, timeout),
             "tcp-keep" | "udp-keep" => keep_request(&mut flow, proto, target, timeout),
             other => anyhow::bail!("unknown protocol {other}"),
         };
@@ -59,6 +63,18 @@ fn udp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String,
     socket.send_to(b"hello\n", target)?;
     let mut buf = [0u8; 1500];
     let (n, from) = socket.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+fn udp_connected_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(target)?;
+    socket.send(b"hello\n")?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    let peer = socket.peer_addr()?;
+    anyhow::ensure!(peer == from, "peer_addr {peer} but reply from {from}");
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
 }
 

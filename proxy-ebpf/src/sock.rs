@@ -1,0 +1,171 @@
+//! Socket-level load balancing for processes in a cgroup (host-network
+//! clients): the destination a socket dials is rewritten to a backend at
+//! connect()/sendto() time, so no packet of the flow ever carries the
+//! frontend address and no per-packet NAT or conntrack is needed. The reverse
+//! hooks show the application the frontend it dialled instead of the backend.
+//!
+//! Not done here (yet): session affinity (`sessionAffinity: ClientIP`) is
+//! ignored, each socket gets its own random backend; and a connected socket
+//! stays on its backend when that endpoint is removed (moving it would need
+//! the socket destroyed, as Cilium does with an iterator and
+//! `bpf_sock_destroy`).
+
+use aya_ebpf::{
+    bindings::{bpf_sock_addr, BPF_ANY},
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use proxy_common::{
+    maps::scope,
+    sock::{SockFlowKey, SockFlowValue, SockRevNatKey, SockRevNatValue},
+    Backend, ServiceKey, ServiceValue, Verdict, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    lb::{lb4_lookup, lb4_lookup_backend, lb4_select_backend},
+    maps::{count, SOCK_FLOWS, SOCK_REV_NAT},
+};
+
+/// What a cgroup sock_addr program returns to let the call go on.
+const PROCEED: i32 = 1;
+/// ... and to fail it, with the error set by `bpf_set_retval` (else EPERM).
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// Frontend scopes a host socket can dial, most common first: a ClusterIP,
+/// a NodePort on one of this node's addresses, a LoadBalancer or external IP.
+const SCOPES: [u8; 3] = [scope::CLUSTER_IP, scope::NODE_PORT, scope::EXTERNAL];
+
+/// cgroup/connect4 (TCP and connected UDP) and cgroup/sendmsg4 (UDP
+/// `sendto` with an address).
+#[inline(always)]
+pub fn translate(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let Some(proto) = protocol(sa) else { return PROCEED };
+    let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
+    let Some(svc) = lookup_frontend(addr, port, proto) else {
+        // Not a frontend: the overwhelming majority of calls, not counted
+        // so that `not_service` stays a packet count of the tc program.
+        return PROCEED;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // No usable endpoint (count 0), or the agent is half-way through
+    // shrinking the service: refuse at once, as kube-proxy's REJECT does,
+    // instead of letting the client wait for a timeout. Also when the count
+    // is 0 only because a Local traffic policy left no endpoint on this node
+    // (NO_LOCAL_ENDPOINTS), where kube-proxy drops: a socket has no "drop"
+    // short of a timeout, and an immediate error tells the client more.
+    let Some(backend) = choose_backend(cookie, &svc, addr, port, proto) else {
+        count(Verdict::NoBackend);
+        // Without this the kernel reports EPERM; with it, ECONNREFUSED.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REJECT;
+    };
+    let key = SockRevNatKey {
+        cookie,
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        pad: 0,
+    };
+    let value = SockRevNatValue {
+        frontend_addr: addr,
+        frontend_port: port,
+        pad: 0,
+    };
+    // A datagram of a known flow finds its entry there: a lookup is cheaper
+    // than rewriting the LRU entry per datagram.
+    let known = unsafe { SOCK_REV_NAT.get(&key) }.is_some_and(|v| *v == value);
+    if !known && SOCK_REV_NAT.insert(&key, &value, BPF_ANY as u64).is_err() {
+        // The flow still works; only the peer address the application reads
+        // would be the backend's. Counted so it can be noticed.
+        count(Verdict::Error);
+    }
+    unsafe {
+        (*sa).user_ip4 = backend.addr;
+        (*sa).user_port = backend.port as u32;
+    }
+    count(Verdict::Translated);
+    PROCEED
+}
+
+/// cgroup/recvmsg4 (source of a datagram) and cgroup/getpeername4: the
+/// backend a translated socket talks to is shown as the frontend it dialled.
+/// Both hooks must always return 1.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let key = SockRevNatKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend_addr: unsafe { (*sa).user_ip4 },
+        backend_port: unsafe { (*sa).user_port } as u16,
+        pad: 0,
+    };
+    if let Some(frontend) = unsafe { SOCK_REV_NAT.get(&key) } {
+        unsafe {
+            (*sa).user_ip4 = frontend.frontend_addr;
+            (*sa).user_port = frontend.frontend_port as u32;
+        }
+        count(Verdict::ReverseTranslated);
+    }
+    PROCEED
+}
+
+/// TCP or UDP from the socket's protocol (which, unlike its type, tells a
+/// UDP socket from an ICMP datagram "ping" socket); anything else is left alone.
+#[inline(always)]
+fn protocol(sa: *mut bpf_sock_addr) -> Option<u8> {
+    match unsafe { (*sa).protocol } {
+        p if p == IPPROTO_TCP as u32 => Some(IPPROTO_TCP),
+        p if p == IPPROTO_UDP as u32 => Some(IPPROTO_UDP),
+        _ => None,
+    }
+}
+
+/// A TCP socket connects once: a fresh random choice. An unconnected UDP
+/// socket picks per datagram, so its datagrams to a frontend follow its first
+/// one while that backend exists (a deleted pod's flow moves to a live one),
+/// as kube-proxy's conntrack keeps a UDP flow on one endpoint.
+#[inline(always)]
+fn choose_backend(cookie: u64, svc: &ServiceValue, addr: u32, port: u16, proto: u8) -> Option<Backend> {
+    if svc.count == 0 {
+        return None;
+    }
+    let flow = SockFlowKey {
+        cookie,
+        frontend_addr: addr,
+        frontend_port: port,
+        proto,
+        pad: 0,
+    };
+    if proto == IPPROTO_UDP {
+        if let Some(known) = unsafe { SOCK_FLOWS.get(&flow) } {
+            if known.rev_nat_index == svc.rev_nat_index {
+                if let Some(backend) = lb4_lookup_backend(known.backend_id) {
+                    return Some(backend);
+                }
+            }
+        }
+    }
+    let (backend_id, backend) = lb4_select_backend(svc)?;
+    if proto == IPPROTO_UDP {
+        let chosen = SockFlowValue {
+            backend_id,
+            rev_nat_index: svc.rev_nat_index,
+        };
+        // Without the entry the next datagram picks again; nothing breaks.
+        let _ = SOCK_FLOWS.insert(&flow, &chosen, BPF_ANY as u64);
+    }
+    Some(backend)
+}
+
+#[inline(always)]
+fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
+    for scope in SCOPES {
+        let key = ServiceKey { addr, port, proto, scope };
+        if let Some(svc) = lb4_lookup(&key) {
+            return Some(svc);
+        }
+    }
+    None
+}

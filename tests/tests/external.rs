@@ -1,0 +1,247 @@
+//! Every way users reach a Service besides pod -> ClusterIP: NodePort,
+//! LoadBalancer and external IPs from the external client, with both
+//! external traffic policies; pods reaching NodePorts; internal traffic
+//! policy Local; hairpin; source ranges; immediate refusal. Real packets
+//! through the tc programs of agents on both lab nodes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use common::{binaries, counter, SYNC_TIMEOUT};
+use proxy_lab::manifests::ServiceSpec;
+use proxy_lab::privilege::require_root;
+use proxy_lab::{Lab, Summary};
+
+const LB_RANGE: &str = "10.200.0.0/24";
+const EXTERNAL_IP_RANGE: &str = "10.201.0.0/24";
+const TIMEOUT_MS: u32 = 1000;
+const ALL_WEB: [&str; 3] = ["web-1", "web-2", "web-3"];
+
+/// The lab with backends in web-1 (node 1), web-2 and web-3 (node 2),
+/// agents on both nodes serving `services`, and the external client routing
+/// LoadBalancer and external IPs to node 1.
+fn lab_with(services: impl Fn(&Lab) -> Vec<ServiceSpec>) -> (Lab, Vec<proxy_lab::Agent>) {
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&ALL_WEB).expect("backends");
+    for spec in services(&lab) {
+        lab.write_manifest(&format!("{}.yaml", spec.name), &spec.yaml()).unwrap();
+    }
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent(n).expect("agent")).collect();
+    for agent in &agents {
+        agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
+    }
+    lab.route_via_node(&lab.client_ns, LB_RANGE, 0).unwrap();
+    lab.route_via_node(&lab.client_ns, EXTERNAL_IP_RANGE, 0).unwrap();
+    (lab, agents)
+}
+
+/// A Service on all three web pods.
+fn web(lab: &Lab, name: &str, cluster_ip: &str) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(name, cluster_ip, 80);
+    for pod in ALL_WEB {
+        let p = lab.pod(pod);
+        spec = spec.endpoint(p.ip, &lab.nodes[p.node].name);
+    }
+    spec
+}
+
+/// Sends `count` requests per protocol and checks the three things a user
+/// sees: who answered, the source the backend saw, the source of the reply.
+fn check(lab: &Lab, from_ns: &str, target: &str, answered: &[&str], backend_saw: &str) {
+    for proto in ["tcp", "udp"] {
+        let replies = lab.requests(from_ns, proto, target, 30, TIMEOUT_MS).unwrap();
+        let s = Summary::of(&replies);
+        println!("{proto} {target}: {s:?}");
+        assert_eq!(s.failed, 0, "{proto} {target}: {:?}\n{}", s.errors, lab.logs());
+        let by: BTreeSet<&str> = s.by_backend.keys().map(String::as_str).collect();
+        assert_eq!(by, answered.iter().copied().collect(), "{proto} {target} answered by {:?}", s.by_backend);
+        assert_eq!(s.sources_seen.keys().collect::<Vec<_>>(), [backend_saw], "{proto} {target}");
+        assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), [target], "{proto} {target}");
+    }
+}
+
+/// Requests that must all go unanswered (dropped, so they time out).
+fn check_dropped(lab: &Lab, from_ns: &str, target: &str) {
+    for proto in ["tcp", "udp"] {
+        let s = Summary::of(&lab.requests(from_ns, proto, target, 3, 300).unwrap());
+        assert_eq!(s.failed, 3, "{proto} {target} answered: {s:?}");
+        assert!(
+            s.errors.keys().all(|e| !e.contains("refused")),
+            "{proto} {target}: dropped traffic must not be refused: {:?}",
+            s.errors
+        );
+    }
+}
+
+fn counters(lab: &Lab, node: usize) -> String {
+    lab.agent_command(node, &["counters"]).unwrap()
+}
+
+#[test]
+fn nodeport_cluster_policy_reaches_every_backend_from_outside() {
+    if !require_root("nodeport_cluster_policy_reaches_every_backend_from_outside") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut np = web(lab, "np", "10.96.1.10");
+        np.node_port = Some(30080);
+        vec![np]
+    });
+    // Backends on either node answer through either node's NodePort; they
+    // see the node's address (SNAT), the client sees the NodePort.
+    for node in 0..2 {
+        let node_ip = lab.node_ip(node).to_string();
+        check(&lab, &lab.client_ns, &format!("{node_ip}:30080"), &ALL_WEB, &node_ip);
+    }
+    // Pods reach NodePorts too, on their own node and on the other one.
+    let client_a = lab.pod("client-a");
+    let node1 = lab.node_ip(0);
+    check(&lab, &client_a.ns, &format!("{node1}:30080"), &ALL_WEB, &client_a.ip.to_string());
+    let client_b = lab.pod("client-b");
+    check(&lab, &client_b.ns, &format!("{node1}:30080"), &ALL_WEB, &node1.to_string());
+}
+
+#[test]
+fn nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoints() {
+    if !require_root("nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoints") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut local = web(lab, "np-local", "10.96.1.11");
+        local.node_port = Some(30081);
+        local.external_local = true;
+        let mut remote_only = ServiceSpec::new("np-remote", "10.96.1.12", 80)
+            .endpoint(lab.pod("web-2").ip, "node-2")
+            .endpoint(lab.pod("web-3").ip, "node-2");
+        remote_only.node_port = Some(30082);
+        remote_only.external_local = true;
+        vec![local, remote_only]
+    });
+    let client = "10.100.0.100";
+    let (node1, node2) = (lab.node_ip(0), lab.node_ip(1));
+    check(&lab, &lab.client_ns, &format!("{node1}:30081"), &["web-1"], client);
+    check(&lab, &lab.client_ns, &format!("{node2}:30081"), &["web-2", "web-3"], client);
+    check(&lab, &lab.client_ns, &format!("{node2}:30082"), &["web-2", "web-3"], client);
+    check_dropped(&lab, &lab.client_ns, &format!("{node1}:30082"));
+    let c = counters(&lab, 0);
+    assert_eq!(counter(&c, "no_local_backend"), 6, "{c}");
+}
+
+#[test]
+fn load_balancer_and_external_ips_with_source_ranges() {
+    if !require_root("load_balancer_and_external_ips_with_source_ranges") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut lb = web(lab, "lb", "10.96.1.20");
+        lb.node_port = Some(30083);
+        lb.load_balancer_ips = vec!["10.200.0.10".into()];
+        lb.external_ips = vec!["10.201.0.10".into()];
+        let mut allowed = web(lab, "lb-allowed", "10.96.1.21");
+        allowed.load_balancer_ips = vec!["10.200.0.11".into()];
+        allowed.source_ranges = vec!["10.100.0.0/24".into(), "192.0.2.0/24".into()];
+        let mut denied = web(lab, "lb-denied", "10.96.1.22");
+        denied.load_balancer_ips = vec!["10.200.0.12".into()];
+        denied.source_ranges = vec!["192.0.2.0/24".into()];
+        let mut local = web(lab, "lb-local", "10.96.1.23");
+        local.load_balancer_ips = vec!["10.200.0.13".into()];
+        local.external_local = true;
+        local.health_check_node_port = Some(32000);
+        vec![lb, allowed, denied, local]
+    });
+    let node1 = lab.node_ip(0).to_string();
+    check(&lab, &lab.client_ns, "10.200.0.10:80", &ALL_WEB, &node1);
+    check(&lab, &lab.client_ns, "10.201.0.10:80", &ALL_WEB, &node1);
+    check(&lab, &lab.client_ns, "10.200.0.11:80", &ALL_WEB, &node1);
+    check(&lab, &lab.client_ns, "10.200.0.13:80", &["web-1"], "10.100.0.100");
+    check_dropped(&lab, &lab.client_ns, "10.200.0.12:80");
+    let c = counters(&lab, 0);
+    assert_eq!(counter(&c, "source_denied"), 6, "{c}");
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
+    if !require_root("internal_traffic_policy_local_uses_only_this_nodes_endpoints") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut itp = web(lab, "itp", "10.96.1.30");
+        itp.internal_local = true;
+        let mut remote_only = ServiceSpec::new("itp-remote", "10.96.1.31", 80).endpoint(lab.pod("web-2").ip, "node-2");
+        remote_only.internal_local = true;
+        vec![itp, remote_only]
+    });
+    let a = lab.pod("client-a");
+    let b = lab.pod("client-b");
+    check(&lab, &a.ns, "10.96.1.30:80", &["web-1"], &a.ip.to_string());
+    check(&lab, &b.ns, "10.96.1.30:80", &["web-2", "web-3"], &b.ip.to_string());
+    check(&lab, &b.ns, "10.96.1.31:80", &["web-2"], &b.ip.to_string());
+    check_dropped(&lab, &a.ns, "10.96.1.31:80");
+    let c = counters(&lab, 0);
+    assert_eq!(counter(&c, "no_local_backend"), 6, "{c}");
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    if !require_root("a_pod_reaches_itself_through_its_service") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut spec = ServiceSpec::new("self", "10.96.1.40", 80).endpoint(lab.pod("web-1").ip, "node-1");
+        spec.node_port = Some(30084);
+        vec![spec]
+    });
+    let web1 = lab.pod("web-1");
+    // Masqueraded as the frontend: the pod would drop a packet from itself.
+    check(&lab, &web1.ns, "10.96.1.40:80", &["web-1"], "10.96.1.40");
+    let node1 = lab.node_ip(0).to_string();
+    check(&lab, &web1.ns, &format!("{node1}:30084"), &["web-1"], &node1);
+}
+
+#[test]
+fn no_endpoint_and_unallocated_addresses_are_refused_at_once() {
+    if !require_root("no_endpoint_and_unallocated_addresses_are_refused_at_once") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|_| {
+        let mut empty = ServiceSpec::new("empty", "10.96.1.50", 80);
+        empty.node_port = Some(30090);
+        vec![empty]
+    });
+    let client = lab.pod("client-a");
+    let node1 = lab.node_ip(0);
+    let cases = [
+        (client.ns.as_str(), "10.96.1.50:80".to_string()),
+        (client.ns.as_str(), "10.96.9.99:80".to_string()), // no Service has it
+        (client.ns.as_str(), "10.96.1.50:81".to_string()), // a port the Service lacks
+        (lab.client_ns.as_str(), format!("{node1}:30090")),
+    ];
+    let mut refused = 0;
+    for (ns, target) in &cases {
+        // A connected UDP socket, as DNS resolvers use: only those are told
+        // of ICMP errors.
+        for proto in ["tcp", "udp-connected"] {
+            // A generous timeout: a refusal must come long before it.
+            let started = Instant::now();
+            let replies = lab.requests(ns, proto, target, 5, 3000).unwrap();
+            let elapsed = started.elapsed();
+            let slowest_us = replies.iter().map(|r| match r {
+                proxy_lab::Reply::Err { micros, .. } | proxy_lab::Reply::Ok { micros, .. } => *micros,
+            }).max().unwrap_or(0);
+            let s = Summary::of(&replies);
+            assert_eq!(s.failed, 5, "{proto} {target}: {s:?}");
+            assert!(
+                s.errors.keys().all(|e| e.to_lowercase().contains("refused")),
+                "{proto} {target}: {:?}",
+                s.errors
+            );
+            println!("{proto} {target}: 5 refused, slowest {slowest_us} µs, all 5 in {elapsed:?} (client timeout 3 s each)");
+            assert!(elapsed.as_millis() < 2000, "{proto} {target}: refusals took {elapsed:?}");
+            refused += 5;
+        }
+    }
+    let c = counters(&lab, 0);
+    assert_eq!(counter(&c, "no_backend"), refused, "{c}");
+}
