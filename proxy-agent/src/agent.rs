@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// recvmsg4, getpeername4 hooks).
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Also attach the XDP fast path for NodePort, LoadBalancer and external
+    /// IP traffic to the `--device` devices.
+    #[arg(long)]
+    xdp: bool,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -124,6 +128,11 @@ fn attach_all(ebpf: &mut aya::Ebpf, layout: &PinLayout, args: &RunArgs) -> anyho
     }
     if let Some(cgroup) = &args.cgroup {
         datapath::attach_cgroup(ebpf, layout, cgroup)?;
+    }
+    if args.xdp {
+        datapath::attach_xdp(ebpf, layout, &args.devices)?;
+    } else {
+        datapath::detach_xdp(layout)?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod conntrack;
+pub mod csum;
 pub mod maps;
 pub mod reject;
 pub mod select;

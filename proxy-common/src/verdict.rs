@@ -23,11 +23,15 @@ pub enum Verdict {
     SourceDenied = 6,
     /// No free SNAT port for a new external flow: dropped.
     SnatExhausted = 7,
+    /// Translated by the XDP program and sent on before the stack saw it.
+    XdpTranslated = 8,
+    /// A reply translated back by the XDP program and sent on.
+    XdpReverseTranslated = 9,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 8;
-    pub const ALL: [Verdict; 8] = [
+    pub const COUNT: u32 = 10;
+    pub const ALL: [Verdict; 10] = [
         Verdict::Translated,
         Verdict::ReverseTranslated,
         Verdict::NotService,
@@ -36,6 +40,8 @@ impl Verdict {
         Verdict::NoLocalBackend,
         Verdict::SourceDenied,
         Verdict::SnatExhausted,
+        Verdict::XdpTranslated,
+        Verdict::XdpReverseTranslated,
     ];
 
     pub const fn index(self) -> u32 {
@@ -52,6 +58,8 @@ impl Verdict {
             Verdict::NoLocalBackend => "no_local_backend",
             Verdict::SourceDenied => "source_denied",
             Verdict::SnatExhausted => "snat_exhausted",
+            Verdict::XdpTranslated => "xdp_translated",
+            Verdict::XdpReverseTranslated => "xdp_reverse_translated",
         }
     }
 }

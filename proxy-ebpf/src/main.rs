@@ -3,18 +3,21 @@
 #![no_main]
 
 mod conntrack;
+mod decide;
 mod fib;
 mod lb;
 mod maps;
 mod nat;
+mod nat_xdp;
 mod packet;
 mod reject;
 mod sock;
 mod tc;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb::Role;
 
@@ -30,6 +33,13 @@ pub fn proxy_tc_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn proxy_tc_external(ctx: TcContext) -> i32 {
     tc::ingress(&ctx, Role::External)
+}
+
+/// XDP on the node's external devices (with `--xdp`): the NodePort,
+/// LoadBalancer and external IP fast path, before an skb exists.
+#[xdp]
+pub fn proxy_xdp_external(ctx: XdpContext) -> u32 {
+    xdp::ingress(&ctx)
 }
 
 // Socket-level load balancing for processes in the cgroup these attach to.

@@ -1,7 +1,41 @@
-//! Reading the headers the datapath needs from an skb.
+//! Reading the headers the datapath needs, from an skb (tc) or a frame
+//! (XDP).
 
-use aya_ebpf::programs::TcContext;
+use core::mem::size_of;
+
+use aya_ebpf::programs::{TcContext, XdpContext};
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP};
+
+/// Fixed-size reads at an offset into the packet.
+pub trait PacketLoad {
+    fn load_at<T: Copy>(&self, off: usize) -> Result<T, ()>;
+}
+
+impl PacketLoad for TcContext {
+    #[inline(always)]
+    fn load_at<T: Copy>(&self, off: usize) -> Result<T, ()> {
+        self.load::<T>(off).map_err(|_| ())
+    }
+}
+
+impl PacketLoad for XdpContext {
+    #[inline(always)]
+    fn load_at<T: Copy>(&self, off: usize) -> Result<T, ()> {
+        let ptr = xdp_ptr::<T>(self, off).ok_or(())?;
+        Ok(unsafe { core::ptr::read_unaligned(ptr) })
+    }
+}
+
+/// A pointer to a `T` at `off` in an XDP frame, if the frame holds it all.
+#[inline(always)]
+pub fn xdp_ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -42,13 +76,13 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
+pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
+    let ethertype = u16::from_be(ctx.load_at::<u16>(12)?);
     if ethertype != ETH_P_IP {
         return Ok(Parsed::Other);
     }
     let l3_off = ETH_HLEN;
-    let ver_ihl = ctx.load::<u8>(l3_off).map_err(|_| ())?;
+    let ver_ihl = ctx.load_at::<u8>(l3_off)?;
     if ver_ihl >> 4 != 4 {
         return Ok(Parsed::Other);
     }
@@ -56,20 +90,20 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, ()> {
     if ihl < 20 {
         return Err(());
     }
-    let proto = ctx.load::<u8>(l3_off + 9).map_err(|_| ())?;
+    let proto = ctx.load_at::<u8>(l3_off + 9)?;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let frag = u16::from_be(ctx.load::<u16>(l3_off + 6).map_err(|_| ())?);
+    let frag = u16::from_be(ctx.load_at::<u16>(l3_off + 6)?);
     if frag & IP_OFFSET_MASK != 0 {
         return Ok(Parsed::Other);
     }
-    let tot_len = u16::from_be(ctx.load::<u16>(l3_off + 2).map_err(|_| ())?);
-    let saddr = ctx.load::<u32>(l3_off + 12).map_err(|_| ())?;
-    let daddr = ctx.load::<u32>(l3_off + 16).map_err(|_| ())?;
+    let tot_len = u16::from_be(ctx.load_at::<u16>(l3_off + 2)?);
+    let saddr = ctx.load_at::<u32>(l3_off + 12)?;
+    let daddr = ctx.load_at::<u32>(l3_off + 16)?;
     let l4_off = l3_off + ihl;
-    let sport = ctx.load::<u16>(l4_off).map_err(|_| ())?;
-    let dport = ctx.load::<u16>(l4_off + 2).map_err(|_| ())?;
+    let sport = ctx.load_at::<u16>(l4_off)?;
+    let dport = ctx.load_at::<u16>(l4_off + 2)?;
     Ok(Parsed::Flow(Flow {
         l3_off,
         ihl,

@@ -387,6 +387,22 @@ impl Lab {
         self.spawn_agent(node, &args)
     }
 
+    /// Lets XDP programs on the nodes transmit: a veth accepts frames
+    /// redirected to it by XDP only when its peer runs in NAPI mode, which
+    /// GRO turns on. So GRO goes on at the far end of every node's devices:
+    /// the switch ports and the pods' own interfaces, as a NIC's receive
+    /// path would have it.
+    pub fn enable_xdp_transmit(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            let port = format!("p-{}", node.name.chars().take(12).collect::<String>());
+            in_ns(&self.switch_ns, &["ethtool", "-K", &port, "gro", "on"])?;
+        }
+        for pod in &self.pods {
+            in_ns(&pod.ns, &["ethtool", "-K", "eth0", "gro", "on"])?;
+        }
+        Ok(())
+    }
+
     /// Routes `dest` (a CIDR) from namespace `ns` through `node`'s underlay
     /// address, as a router in front of the cluster routes LoadBalancer and
     /// external IPs to a node.

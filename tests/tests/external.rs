@@ -23,12 +23,16 @@ const ALL_WEB: [&str; 3] = ["web-1", "web-2", "web-3"];
 /// agents on both nodes serving `services`, and the external client routing
 /// LoadBalancer and external IPs to node 1.
 fn lab_with(services: impl Fn(&Lab) -> Vec<ServiceSpec>) -> (Lab, Vec<proxy_lab::Agent>) {
+    lab_with_flags(services, &[])
+}
+
+fn lab_with_flags(services: impl Fn(&Lab) -> Vec<ServiceSpec>, flags: &[&str]) -> (Lab, Vec<proxy_lab::Agent>) {
     let lab = Lab::up(binaries()).expect("lab up");
     lab.start_backends(&ALL_WEB).expect("backends");
     for spec in services(&lab) {
         lab.write_manifest(&format!("{}.yaml", spec.name), &spec.yaml()).unwrap();
     }
-    let agents: Vec<_> = (0..2).map(|n| lab.start_agent(n).expect("agent")).collect();
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with(n, flags).expect("agent")).collect();
     for agent in &agents {
         agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
     }
@@ -244,4 +248,48 @@ fn no_endpoint_and_unallocated_addresses_are_refused_at_once() {
     }
     let c = counters(&lab, 0);
     assert_eq!(counter(&c, "no_backend"), refused, "{c}");
+}
+
+#[test]
+fn xdp_serves_nodeports_and_load_balancers_before_the_stack() {
+    if !require_root("xdp_serves_nodeports_and_load_balancers_before_the_stack") {
+        return;
+    }
+    let services = |lab: &Lab| {
+        let mut np = web(lab, "np", "10.96.1.10");
+        np.node_port = Some(30080);
+        let mut local = web(lab, "np-local", "10.96.1.11");
+        local.node_port = Some(30081);
+        local.external_local = true;
+        let mut lb = web(lab, "lb", "10.96.1.20");
+        lb.load_balancer_ips = vec!["10.200.0.10".into()];
+        let mut denied = web(lab, "lb-denied", "10.96.1.22");
+        denied.load_balancer_ips = vec!["10.200.0.12".into()];
+        denied.source_ranges = vec!["192.0.2.0/24".into()];
+        vec![np, local, lb, denied]
+    };
+    let (lab, _agents) = lab_with_flags(services, &["--xdp"]);
+    lab.enable_xdp_transmit().unwrap();
+    let (node1, node2) = (lab.node_ip(0).to_string(), lab.node_ip(1).to_string());
+    // Warm the nodes' neighbour tables, so the XDP FIB lookups resolve; the
+    // first packets of a path may go through tc while they fill in.
+    for target in [format!("{node1}:30080"), format!("{node2}:30080")] {
+        let _ = lab.requests(&lab.client_ns, "tcp", &target, 10, TIMEOUT_MS).unwrap();
+    }
+    let before: Vec<u64> = (0..2).map(|n| counter(&counters(&lab, n), "xdp_translated")).collect();
+    for (node, ip) in [(0, &node1), (1, &node2)] {
+        check(&lab, &lab.client_ns, &format!("{ip}:30080"), &ALL_WEB, ip);
+        let c = counters(&lab, node);
+        let xdp = counter(&c, "xdp_translated") - before[node];
+        // 30 TCP connections (SYN, ACK, data, FIN...) and 30 datagrams: at
+        // least one packet each went through XDP.
+        assert!(xdp >= 60, "node {node}: only {xdp} packets translated by XDP\n{c}");
+        assert!(counter(&c, "xdp_reverse_translated") >= 60, "{c}");
+    }
+    check(&lab, &lab.client_ns, &format!("{node1}:30081"), &["web-1"], "10.100.0.100");
+    check(&lab, &lab.client_ns, "10.200.0.10:80", &ALL_WEB, &node1);
+    check_dropped(&lab, &lab.client_ns, "10.200.0.12:80");
+    let c = counters(&lab, 0);
+    println!("node-1 with XDP:\n{c}");
+    assert_eq!(counter(&c, "source_denied"), 6, "{c}");
 }

@@ -7,11 +7,13 @@ mod layout;
 mod link_detach;
 mod maps;
 mod programs;
+mod xdp;
 
 pub use bpffs::ensure_bpffs;
 pub use cgroup::attach_cgroup;
 pub use maps::PinnedMaps;
 pub use programs::{attach_tc_ingress, cleanup, load, DeviceRole};
+pub use xdp::{attach_xdp, detach_xdp};
 
 use std::path::{Path, PathBuf};
 

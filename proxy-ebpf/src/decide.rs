@@ -1,0 +1,178 @@
+//! What to do with a packet, shared by the tc and XDP programs: reverse
+//! translation of a tracked reply, or a frontend's lookup, backend choice and
+//! conntrack entry. The programs differ only in how they carry it out.
+
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::error;
+use proxy_common::{
+    conntrack::ct_flags,
+    maps::{scope, service_flags},
+    CtDirection, CtKey, CtValue, Verdict,
+};
+
+use crate::{
+    conntrack::{ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_refresh, ct_key, Nat},
+    lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend, lb4_source_allowed, Frontend, Role},
+    maps::config,
+    packet::Flow,
+};
+
+pub enum Decision {
+    /// Not service traffic: leave it to the stack.
+    Pass(Verdict),
+    /// Dropped, as kube-proxy drops it.
+    Drop(Verdict),
+    /// No usable backend: answer with a reset or port unreachable.
+    Refuse,
+    Rewrite(Rewrite),
+}
+
+/// New source and destination for the packet; `None` leaves that end.
+pub struct Rewrite {
+    pub verdict: Verdict,
+    pub src: Option<(u32, u16)>,
+    pub dst: Option<(u32, u16)>,
+    /// Forward it ourselves after a FIB lookup (see `fib`).
+    pub redirect: bool,
+}
+
+impl Rewrite {
+    #[inline(always)]
+    pub fn saddr(&self, flow: &Flow) -> u32 {
+        self.src.map(|(a, _)| a).unwrap_or(flow.saddr)
+    }
+
+    #[inline(always)]
+    pub fn daddr(&self, flow: &Flow) -> u32 {
+        self.dst.map(|(a, _)| a).unwrap_or(flow.daddr)
+    }
+}
+
+#[inline(always)]
+pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
+    if let Some(entry) = ct4_lookup_reply(&ct_key(flow, CtDirection::Reply)) {
+        return Decision::Rewrite(reverse(&entry));
+    }
+
+    let Some(frontend) = lb4_lookup_service(flow, role) else {
+        // An address of the service range that no Service holds (deleted, or
+        // never allocated): refused at once, as kube-proxy does.
+        if role == Role::Pod && config().in_service_range(flow.daddr) {
+            return Decision::Refuse;
+        }
+        return Decision::Pass(Verdict::NotService);
+    };
+    let svc = &frontend.svc;
+    if frontend.scope == scope::EXTERNAL && !lb4_source_allowed(svc, flow.saddr) {
+        return Decision::Drop(Verdict::SourceDenied);
+    }
+
+    let orig = ct_key(flow, CtDirection::Original);
+    let nat = match known_flow(&orig, &frontend) {
+        Some(Ok(nat)) => nat,
+        Some(Err(e)) => {
+            error!(ctx, "conntrack update failed: {}", e);
+            return Decision::Drop(Verdict::Error);
+        }
+        // New, or its backend was removed (a UDP stream to a deleted pod):
+        // a live backend instead of a black hole.
+        None => match new_flow(flow, &orig, &frontend, role) {
+            Ok(nat) => nat,
+            Err(NoNat::NoBackend) if svc.flags & service_flags::NO_LOCAL_ENDPOINTS != 0 => {
+                return Decision::Drop(Verdict::NoLocalBackend)
+            }
+            Err(NoNat::NoBackend) => return Decision::Refuse,
+            Err(NoNat::SnatExhausted) => return Decision::Drop(Verdict::SnatExhausted),
+            Err(NoNat::Failed(e)) => {
+                error!(ctx, "conntrack insert failed: {}", e);
+                return Decision::Drop(Verdict::Error);
+            }
+        },
+    };
+    let snat = nat.flags & ct_flags::SNAT != 0;
+    Decision::Rewrite(Rewrite {
+        verdict: Verdict::Translated,
+        src: if snat { Some((nat.src_addr, nat.src_port)) } else { None },
+        dst: Some((nat.backend.addr, nat.backend.port)),
+        redirect: nat.flags & ct_flags::REDIRECT != 0,
+    })
+}
+
+/// A reply: the frontend goes back in as the source, and for a SNATed flow
+/// the client goes back in as the destination.
+#[inline(always)]
+fn reverse(entry: &CtValue) -> Rewrite {
+    let snat = entry.flags & ct_flags::SNAT != 0;
+    Rewrite {
+        verdict: Verdict::ReverseTranslated,
+        src: Some((entry.nat_addr, entry.nat_port)),
+        dst: if snat { Some((entry.peer_addr, entry.peer_port)) } else { None },
+        redirect: entry.flags & ct_flags::REDIRECT != 0,
+    }
+}
+
+/// The translation of a flow seen before, if its backend is still there.
+#[inline(always)]
+fn known_flow(orig: &CtKey, frontend: &Frontend) -> Option<Result<Nat, i64>> {
+    let entry = ct4_lookup_original(orig, &frontend.svc)?;
+    let value: CtValue = unsafe { *entry };
+    let backend = lb4_lookup_backend(value.backend_id)?;
+    Some(ct4_refresh(entry, orig, &backend).map(|()| Nat {
+        backend_id: value.backend_id,
+        backend,
+        flags: value.flags,
+        src_addr: value.peer_addr,
+        src_port: value.peer_port,
+    }))
+}
+
+enum NoNat {
+    NoBackend,
+    SnatExhausted,
+    Failed(i64),
+}
+
+/// Chooses a backend for a new flow, decides what else is rewritten, and
+/// records it.
+#[inline(always)]
+fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role) -> Result<Nat, NoNat> {
+    let svc = &frontend.svc;
+    let (backend_id, backend) = lb4_select_backend(svc).ok_or(NoNat::NoBackend)?;
+    let mut nat = Nat {
+        backend_id,
+        backend,
+        flags: 0,
+        src_addr: 0,
+        src_port: 0,
+    };
+    if role == Role::External || frontend.scope == scope::NODE_PORT {
+        nat.flags |= ct_flags::REDIRECT;
+    }
+    if backend.addr == flow.saddr {
+        // Hairpin: a pod reaching itself would see its own address as the
+        // source and drop the packet, so the frontend stands in for it.
+        nat.flags |= ct_flags::SNAT | ct_flags::REDIRECT;
+        nat.src_addr = flow.daddr;
+        nat.src_port = flow.sport;
+    } else if role == Role::External && svc.flags & service_flags::EXTERNAL_LOCAL == 0 {
+        // externalTrafficPolicy Cluster: the backend may be on another node,
+        // and its replies must come back through this one.
+        let config = config();
+        nat.flags |= ct_flags::SNAT;
+        nat.src_addr = if frontend.scope == scope::NODE_PORT {
+            flow.daddr
+        } else {
+            config.snat_addr
+        };
+        if nat.src_addr == 0 {
+            return Err(NoNat::Failed(0));
+        }
+        return match ct4_create_snat(orig, svc, &mut nat, &config) {
+            Ok(Some(_)) => Ok(nat),
+            Ok(None) => Err(NoNat::SnatExhausted),
+            Err(e) => Err(NoNat::Failed(e)),
+        };
+    }
+    ct4_create(orig, svc, &nat).map_err(NoNat::Failed)?;
+    Ok(nat)
+}
