@@ -16,6 +16,7 @@ use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
 use crate::source::{self, yaml_dir, Snapshot};
 use crate::tables::{self, Ids, Tables};
+use crate::telemetry::{self, Served, SyncReport, Telemetry};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -49,12 +50,15 @@ pub struct RunArgs {
     /// overrides the Node's when given.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
+    #[command(flatten)]
+    telemetry: telemetry::Flags,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
     let node_name = node_name(&args)?;
+    let mut telemetry = Telemetry::start(&args.telemetry);
     let mut source = Source::new(&args, &node_name).await?;
     datapath::ensure_bpffs(bpffs)?;
     let mut ebpf = datapath::load(&layout)?;
@@ -63,6 +67,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         datapath::attach_tc_ingress(&mut ebpf, &layout, device)?;
     }
     let mut maps = PinnedMaps::open(&layout)?;
+    telemetry.attach_datapath(&layout);
     let mut sync = Sync::adopt(&maps)?;
     let mut config = Config {
         proxy_name: args.proxy_name.clone(),
@@ -77,9 +82,16 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     source.wait_ready().await?;
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
+        let sync_started = telemetry.sync_started();
         match source.read() {
-            Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
-            Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
+            Ok((snapshot, skipped)) => {
+                sync.run(&mut maps, &snapshot, &config, skipped);
+                telemetry.synced(sync_started, sync.report());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the source failed; keeping what is programmed");
+                telemetry.source_failed(sync_started, &error);
+            }
         }
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -204,6 +216,9 @@ struct Sync {
     /// Logged once when they first appear, not on every sync.
     last_skipped: Vec<Skipped>,
     generation: u64,
+    /// For telemetry: what the last sync served, and its failed writes.
+    served: Served,
+    failed_writes: usize,
 }
 
 impl Sync {
@@ -220,6 +235,8 @@ impl Sync {
             needs_retry: false,
             last_skipped: Vec::new(),
             generation: 0,
+            served: Served::default(),
+            failed_writes: 0,
         })
     }
 
@@ -227,12 +244,14 @@ impl Sync {
         let started = Instant::now();
         let (model, model_skipped) = model::build(&snapshot.services, &snapshot.slices, config);
         skipped.extend(model_skipped);
+        self.served = Served::of(&model);
         let (wanted, table_skipped) = tables::from_model(&model, &mut self.ids);
         skipped.extend(table_skipped);
         self.report_skipped(skipped);
 
         let ops = diff(&self.current, &wanted);
         let failures = maps.apply(&ops);
+        self.failed_writes = failures.len();
         self.generation += 1;
         if failures.is_empty() {
             self.current = wanted;
@@ -257,6 +276,15 @@ impl Sync {
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );
+    }
+
+    fn report(&self) -> SyncReport<'_> {
+        SyncReport {
+            tables: &self.current,
+            skipped: &self.last_skipped,
+            served: &self.served,
+            failed_writes: self.failed_writes,
+        }
     }
 
     fn report_skipped(&mut self, skipped: Vec<Skipped>) {
