@@ -249,8 +249,19 @@ impl Lab {
 
     /// Starts the agent of `node` on the lab's manifest directory.
     pub fn start_agent(&self, node: usize) -> anyhow::Result<Agent> {
+        self.start_agent_with(node, &[])
+    }
+
+    /// Like `start_agent`, with more `run` flags. Without an API server the
+    /// agent learns its node's name and address from flags, as the Node
+    /// object would tell it.
+    pub fn start_agent_with(&self, node: usize, extra: &[&str]) -> anyhow::Result<Agent> {
         let manifests = self.manifests.to_string_lossy().into_owned();
-        self.spawn_agent(node, &["--manifests", &manifests])
+        let n = &self.nodes[node];
+        let ip = n.underlay_ip.to_string();
+        let mut args = vec!["--manifests", &manifests, "--hostname-override", &n.name, "--node-ip", &ip];
+        args.extend_from_slice(extra);
+        self.spawn_agent(node, &args)
     }
 
     /// Starts the agent of `node` on the lab's API server (see `start_apiserver`).
