@@ -31,8 +31,9 @@ pub struct RunArgs {
     /// This node's name, as in its Node object.
     #[arg(long = "hostname-override", env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Device to attach the tc ingress program to (repeat for each).
-    #[arg(long = "device", required = true)]
+    /// Device to attach the tc ingress program to (repeat for each, or
+    /// comma-separated, as a DaemonSet passes it from its config).
+    #[arg(long = "device", required = true, value_delimiter = ',')]
     devices: Vec<String>,
     /// How often to look for changes in the manifest directory.
     #[arg(long, default_value_t = 200)]

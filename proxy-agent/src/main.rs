@@ -34,6 +34,10 @@ enum Command {
     Run(agent::RunArgs),
     /// Detach the programs and remove every pinned map and link.
     Cleanup,
+    /// Mount bpffs at `--bpffs` unless one is there, then exit: the
+    /// DaemonSet's init container does this once, so the agent itself needs
+    /// no CAP_SYS_ADMIN.
+    MountBpffs,
     /// Print the datapath's verdict counters.
     Counters,
     /// Print what the pinned maps hold: frontends and their backends,
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(agent::run(&cli.bpffs, layout, args))
         }
         Command::Cleanup => datapath::cleanup(&layout),
+        Command::MountBpffs => datapath::ensure_bpffs(&cli.bpffs),
         Command::Counters => {
             let maps = PinnedMaps::open(&layout)?;
             for (verdict, count) in maps.verdicts()? {

@@ -36,7 +36,7 @@ pub struct Flags {
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: BindAddress,
     /// Where Prometheus `/metrics` listens (IP:port); empty turns it off.
-    /// Loopback by default: the figures name Services and backends.
+    /// Loopback by default, as kube-proxy's: expose it on purpose.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_bind_address: BindAddress,
 }
