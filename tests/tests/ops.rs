@@ -218,3 +218,65 @@ fn health_check_node_port_reports_local_endpoints() {
     let closed = wait_until(Duration::from_secs(5), || probe(&lab, 0).is_err());
     assert!(closed.is_ok(), "health check port still answers: {:?}", probe(&lab, 0));
 }
+
+/// The capabilities manifests/daemonset.yaml gives the agent container.
+const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+net_admin";
+/// CapEff of exactly CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39).
+const DAEMONSET_CAP_EFF: &str = "000000c000001000";
+
+/// The agent as the DaemonSet runs it: bpffs mounted beforehand (by the init
+/// container, here by `mount-bpffs` with full privileges), then the agent
+/// with every capability but CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN dropped
+/// from its bounding set, as a container runtime does. It loads, attaches,
+/// syncs and translates; and without CAP_SYS_ADMIN it could not have mounted
+/// bpffs itself, which is why the init container exists. (Dropping any one
+/// of the three makes loading fail: map creation without CAP_BPF, the tc
+/// program without CAP_NET_ADMIN, the verifier without CAP_PERFMON.)
+#[test]
+fn agent_needs_only_the_daemonsets_capabilities() {
+    if !require_root("agent_needs_only_the_daemonsets_capabilities") {
+        return;
+    }
+    let real = binaries();
+    let dir = std::env::temp_dir().join(format!("ebpf-proxy-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let caps_seen = dir.join("capeff");
+    let wrapper = dir.join("proxy-agent");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set={DAEMONSET_CAPS} -- sh -c 'grep ^CapEff /proc/self/status > {}; exec \"$0\" \"$@\"' {} \"$@\"\n",
+            caps_seen.display(),
+            real.agent.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut limited = real.clone();
+    limited.agent = wrapper.clone();
+
+    let lab = Lab::up(limited).expect("lab up");
+    // Without CAP_SYS_ADMIN, mounting bpffs is refused.
+    let denied = lab.agent_command(1, &["mount-bpffs"]);
+    assert!(denied.is_err(), "mounted bpffs without CAP_SYS_ADMIN: {denied:?}");
+    // The init container's step, with full privileges.
+    let bpffs = lab.nodes[0].bpffs.to_string_lossy().into_owned();
+    proxy_lab::cmd::run(&real.agent.to_string_lossy(), &["--bpffs", &bpffs, "mount-bpffs"]).unwrap();
+
+    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
+    lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let caps = std::fs::read_to_string(&caps_seen).unwrap();
+    assert_eq!(caps.split_whitespace().nth(1), Some(DAEMONSET_CAP_EFF), "agent ran with {caps}");
+    for proto in ["tcp", "udp"] {
+        let s = Summary::of(&lab.requests(&lab.pod("client-a").ns, proto, "10.96.0.10:80", 30, 1000).unwrap());
+        assert_eq!(s.failed, 0, "{proto}: {:?}\n{}", s.errors, agent.own_log());
+        assert_eq!(common::answered_by(&s), vec!["web-1", "web-2", "web-3"], "{proto}");
+    }
+    assert_eq!(http_get(&lab.nodes[0].ns, "http://127.0.0.1:10256/healthz").unwrap().0, 200);
+    drop(agent);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
