@@ -51,7 +51,11 @@ pub fn list(layout: &PinLayout, what: What, limit: usize) -> anyhow::Result<()> 
 
 pub fn services_table(tables: &Tables) -> String {
     let mut rows = vec![row(["FRONTEND", "SCOPE", "ID", "FLAGS", "SLOT", "BACKEND", "BACKEND-ID", "BACKEND-FLAGS"])];
-    for (key, value) in &tables.services {
+    // By scope, then address and port as people read them (the map's key
+    // order is network byte order, which sorts 10.x after 192.x).
+    let mut services: Vec<_> = tables.services.iter().collect();
+    services.sort_by_key(|(k, _)| (k.scope, u32::from_be(k.addr), u16::from_be(k.port), k.proto));
+    for (key, value) in services {
         let front = [frontend(key), scope_name(key.scope), value.service_id.to_string(), service_flag_text(value)];
         if value.count == 0 {
             let why = if value.flags & service_flags::NO_LOCAL_ENDPOINTS != 0 {
