@@ -133,17 +133,13 @@ pub fn conntrack_table(mut entries: Vec<(CtKey, CtValue)>, now_ns: u64, limit: u
             continue;
         }
         shown += 1;
-        rows.push(row([
-            proto_name(k.proto),
-            &socket(k.saddr, k.sport),
-            &socket(k.daddr, k.dport),
-            &socket(v.nat_addr, v.nat_port),
-            &v.backend_id.to_string(),
-            &v.rev_nat_index.to_string(),
+        let mut cells = entry_cells(k, v);
+        cells.extend(row([
             &duration(now_ns.saturating_sub(v.created_ns)),
             &duration(now_ns.saturating_sub(v.last_seen_ns)),
             if has_reply { "yes" } else { "missing" },
         ]));
+        rows.push(cells);
     }
     let mut out = columns(&rows);
     let orphans: Vec<_> = entries
@@ -157,20 +153,27 @@ pub fn conntrack_table(mut entries: Vec<(CtKey, CtValue)>, now_ns: u64, limit: u
     if !orphans.is_empty() {
         let mut rows = vec![row(["PROTO", "BACKEND", "CLIENT", "RESTORES-SOURCE", "BACKEND-ID", "REV-NAT", "IDLE"])];
         for (k, v) in orphans.iter().take(limit) {
-            rows.push(row([
-                proto_name(k.proto),
-                &socket(k.saddr, k.sport),
-                &socket(k.daddr, k.dport),
-                &socket(v.nat_addr, v.nat_port),
-                &v.backend_id.to_string(),
-                &v.rev_nat_index.to_string(),
-                &duration(now_ns.saturating_sub(v.last_seen_ns)),
-            ]));
+            let mut cells = entry_cells(k, v);
+            cells.push(duration(now_ns.saturating_sub(v.last_seen_ns)));
+            rows.push(cells);
         }
         let _ = writeln!(out, "\nreply entries without their original (evicted by the LRU; replies are still translated):");
         out.push_str(&columns(&rows));
     }
     out
+}
+
+/// An entry's tuple, where it was translated to, and its ids: the columns
+/// both directions print.
+fn entry_cells(k: &CtKey, v: &CtValue) -> Vec<String> {
+    row([
+        proto_name(k.proto),
+        &socket(k.saddr, k.sport),
+        &socket(k.daddr, k.dport),
+        &socket(v.nat_addr, v.nat_port),
+        &v.backend_id.to_string(),
+        &v.rev_nat_index.to_string(),
+    ])
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {

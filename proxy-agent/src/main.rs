@@ -29,6 +29,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 enum Command {
     /// Load and attach the datapath, then keep its maps in sync with the source.
     Run(agent::RunArgs),

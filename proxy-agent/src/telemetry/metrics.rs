@@ -257,7 +257,7 @@ mod tests {
         let bad_port = Skipped::port("default", "web", "http", SkipReason::PortOutOfRange);
         let mut m = Metrics::default();
         m.skipped(&[], &[bad_ip.clone(), bad_port.clone()]);
-        m.skipped(&[bad_ip.clone(), bad_port.clone()], &[bad_ip.clone()]);
+        m.skipped(&[bad_ip.clone(), bad_port.clone()], std::slice::from_ref(&bad_ip));
         let text = m.render(&DatapathFigures::default());
         assert_eq!(value(&text, "ebpf_proxy_skipped_objects{reason=\"invalid_cluster_ip\"}"), 1.0);
         assert_eq!(value(&text, "ebpf_proxy_skipped_objects{reason=\"port_out_of_range\"}"), 0.0);
