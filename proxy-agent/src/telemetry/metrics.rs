@@ -2,7 +2,7 @@
 //! the text exposition format (version 0.0.4) at scrape time. A dozen series
 //! do not need a metrics library; the format is small and tested below.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
 use crate::skip::Skipped;
@@ -125,9 +125,11 @@ impl Metrics {
         for count in self.skipped_now.values_mut() {
             *count = 0;
         }
+        // A set, not `contains` on the list: a cluster can skip thousands.
+        let before: HashSet<(&str, &str)> = before.iter().map(|s| (s.object.as_str(), s.reason.label())).collect();
         for s in now {
             *self.skipped_now.entry(s.reason.label()).or_default() += 1;
-            if !before.contains(s) {
+            if !before.contains(&(s.object.as_str(), s.reason.label())) {
                 *self.skip_events.entry(s.reason.label()).or_default() += 1;
             }
         }
