@@ -240,6 +240,7 @@ fn agent_needs_only_the_daemonsets_capabilities() {
     let real = binaries();
     let dir = std::env::temp_dir().join(format!("ebpf-proxy-caps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let _remove = RemoveOnDrop(dir.clone());
     let caps_seen = dir.join("capeff");
     let wrapper = dir.join("proxy-agent");
     std::fs::write(
@@ -276,7 +277,13 @@ fn agent_needs_only_the_daemonsets_capabilities() {
         assert_eq!(common::answered_by(&s), vec!["web-1", "web-2", "web-3"], "{proto}");
     }
     assert_eq!(http_get(&lab.nodes[0].ns, "http://127.0.0.1:10256/healthz").unwrap().0, 200);
-    drop(agent);
-    drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Removes a directory also when the test fails half-way.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
