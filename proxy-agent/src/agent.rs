@@ -17,6 +17,7 @@ use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
 use crate::source::{self, yaml_dir, Snapshot};
 use crate::tables::{self, Ids, Tables};
+use crate::telemetry::{self, Served, SyncReport, Telemetry};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -32,8 +33,9 @@ pub struct RunArgs {
     #[arg(long = "hostname-override", env = "NODE_NAME")]
     node_name: Option<String>,
     /// The node's own network device, where NodePort, LoadBalancer and
-    /// external IP traffic arrives from outside (repeat for each).
-    #[arg(long = "device", required_unless_present = "pod_devices")]
+    /// external IP traffic arrives from outside (repeat for each, or
+    /// comma-separated, as a DaemonSet passes it from its config).
+    #[arg(long = "device", required_unless_present = "pod_devices", value_delimiter = ',')]
     devices: Vec<String>,
     /// A pod's host-side device, where ClusterIP traffic from pods arrives
     /// (repeat for each).
@@ -69,12 +71,15 @@ pub struct RunArgs {
     /// IP traffic to the `--device` devices.
     #[arg(long)]
     xdp: bool,
+    #[command(flatten)]
+    telemetry: telemetry::Flags,
 }
 
 const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
     let node_name = node_name(&args)?;
+    let mut telemetry = Telemetry::start(&args.telemetry);
     let mut source = Source::new(&args, &node_name).await?;
     datapath::ensure_bpffs(bpffs)?;
     let mut ebpf = datapath::load(&layout)?;
@@ -82,6 +87,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut maps = PinnedMaps::open(&layout)?;
     let mut attached = false;
     datapath_config::warn_if_ports_overlap();
+    telemetry.attach_datapath(&layout);
     let mut sync = Sync::adopt(&maps)?;
     let mut config = Config {
         proxy_name: args.proxy_name.clone(),
@@ -97,9 +103,16 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
         datapath_config::write(&mut maps, &config, &args.service_cidr);
+        let sync_started = telemetry.sync_started();
         match source.read() {
-            Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
-            Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
+            Ok((snapshot, skipped)) => {
+                sync.run(&mut maps, &snapshot, &config, skipped);
+                telemetry.synced(sync_started, sync.report());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the source failed; keeping what is programmed");
+                telemetry.source_failed(sync_started, &error);
+            }
         }
         // Attached once the maps hold the first sync, so programs replaced
         // over maps that had to be recreated never serve from empty maps.
@@ -249,6 +262,9 @@ struct Sync {
     /// Logged once when they first appear, not on every sync.
     last_skipped: Vec<Skipped>,
     generation: u64,
+    /// For telemetry: what the last sync served, and its failed writes.
+    served: Served,
+    failed_writes: usize,
 }
 
 impl Sync {
@@ -265,6 +281,8 @@ impl Sync {
             needs_retry: false,
             last_skipped: Vec::new(),
             generation: 0,
+            served: Served::default(),
+            failed_writes: 0,
         })
     }
 
@@ -272,12 +290,14 @@ impl Sync {
         let started = Instant::now();
         let (model, model_skipped) = model::build(&snapshot.services, &snapshot.slices, config);
         skipped.extend(model_skipped);
+        self.served = Served::of(&model);
         let (wanted, table_skipped) = tables::from_model(&model, &mut self.ids);
         skipped.extend(table_skipped);
         self.report_skipped(skipped);
 
         let ops = diff(&self.current, &wanted);
         let failures = maps.apply(&ops);
+        self.failed_writes = failures.len();
         self.generation += 1;
         if failures.is_empty() {
             self.current = wanted;
@@ -302,6 +322,15 @@ impl Sync {
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );
+    }
+
+    fn report(&self) -> SyncReport<'_> {
+        SyncReport {
+            tables: &self.current,
+            skipped: &self.last_skipped,
+            served: &self.served,
+            failed_writes: self.failed_writes,
+        }
     }
 
     fn report_skipped(&mut self, skipped: Vec<Skipped>) {

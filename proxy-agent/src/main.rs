@@ -4,17 +4,17 @@ mod agent;
 mod datapath;
 mod datapath_config;
 mod diff;
+mod inspect;
 mod model;
 mod skip;
 mod source;
 mod tables;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use datapath::{PinLayout, PinnedMaps};
@@ -30,17 +30,26 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 enum Command {
     /// Load and attach the datapath, then keep its maps in sync with the source.
     Run(agent::RunArgs),
     /// Detach the programs and remove every pinned map and link.
     Cleanup,
+    /// Mount bpffs at `--bpffs` unless one is there, then exit: the
+    /// DaemonSet's init container does this once, so the agent itself needs
+    /// no CAP_SYS_ADMIN.
+    MountBpffs,
     /// Print the datapath's verdict counters.
     Counters,
-    /// Print the frontends and backends the maps hold.
-    Services,
-    /// Print the conntrack table.
-    Conntrack,
+    /// Print what the pinned maps hold: frontends and their backends,
+    /// backends by id, or tracked flows.
+    List {
+        what: inspect::What,
+        /// Print at most this many conntrack flows.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(agent::run(&cli.bpffs, layout, args))
         }
         Command::Cleanup => datapath::cleanup(&layout),
+        Command::MountBpffs => datapath::ensure_bpffs(&cli.bpffs),
         Command::Counters => {
             let maps = PinnedMaps::open(&layout)?;
             for (verdict, count) in maps.verdicts()? {
@@ -69,64 +79,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Services => print_services(&layout),
-        Command::Conntrack => print_conntrack(&layout),
+        Command::List { what, limit } => inspect::list(&layout, what, limit),
     }
-}
-
-fn ip(addr: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr.to_ne_bytes())
-}
-
-fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        proxy_common::IPPROTO_TCP => "TCP",
-        proxy_common::IPPROTO_UDP => "UDP",
-        _ => "?",
-    }
-}
-
-fn print_services(layout: &PinLayout) -> anyhow::Result<()> {
-    let maps = PinnedMaps::open(layout)?;
-    let tables = maps.read_tables()?;
-    println!("{:<24} {:>4} {:>6}  BACKENDS", "FRONTEND", "ID", "COUNT");
-    for (key, value) in &tables.services {
-        let backends: Vec<String> = (0..value.count)
-            .map(|slot| {
-                let slot_key = proxy_common::BackendSlotKey {
-                    service_id: value.service_id,
-                    slot,
-                };
-                match tables.slots.get(&slot_key).and_then(|id| tables.backends.get(id)) {
-                    Some(b) => format!("{}:{}", ip(b.addr), u16::from_be(b.port)),
-                    None => "<missing>".into(),
-                }
-            })
-            .collect();
-        let frontend = format!("{}:{}/{}", ip(key.addr), u16::from_be(key.port), proto_name(key.proto));
-        println!("{frontend:<24} {:>4} {:>6}  {}", value.service_id, value.count, backends.join(" "));
-    }
-    Ok(())
-}
-
-fn print_conntrack(layout: &PinLayout) -> anyhow::Result<()> {
-    let maps = PinnedMaps::open(layout)?;
-    let mut entries = maps.conntrack_entries().context("reading conntrack")?;
-    entries.sort_by_key(|(k, _)| (k.direction, k.saddr, k.sport));
-    for (k, v) in entries {
-        let dir = if k.direction == 0 { "original" } else { "reply" };
-        println!(
-            "{dir:<8} {} {}:{} -> {}:{}  nat {}:{} backend {} rev_nat {}",
-            proto_name(k.proto),
-            ip(k.saddr),
-            u16::from_be(k.sport),
-            ip(k.daddr),
-            u16::from_be(k.dport),
-            ip(v.nat_addr),
-            u16::from_be(v.nat_port),
-            v.backend_id,
-            v.rev_nat_index
-        );
-    }
-    Ok(())
 }

@@ -123,9 +123,9 @@ fn host_clients_reach_a_nodeport_on_their_own_node_address() {
         return;
     }
     let (lab, _agent) = web_lab(web_node_port_service, &["--node-ip", &NODE_1_IP.to_string()]);
-    let services = lab.agent_command(0, &["services"]).unwrap();
+    let services = lab.agent_command(0, &["list", "services"]).unwrap();
     let target = format!("{NODE_1_IP}:{NODE_PORT}");
-    assert!(services.contains(&format!("{target}/TCP")), "no NodePort frontend:\n{services}");
+    assert!(services.lines().any(|l| l.contains(&target) && l.contains("NodePort")), "no NodePort frontend:\n{services}");
     for proto in PROTOS {
         let replies = lab.host_requests(0, proto, &target, 60, 1000).unwrap();
         assert_host_reaches_every_backend(&lab, proto, &target, &replies);

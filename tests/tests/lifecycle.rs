@@ -66,7 +66,7 @@ fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     let lab = lab_with_web(&["web-1", "web-2", "web-3"]);
     let agent = lab.start_agent(0).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
-    let before = lab.agent_command(0, &["services"]).unwrap();
+    let before = lab.agent_command(0, &["list", "services"]).unwrap();
     // One TCP connection and one UDP flow, a request every 20 ms, across the
     // agent's stop and restart.
     let client = lab.pod("client-a").ns.clone();
@@ -89,7 +89,7 @@ fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     assert!(log.contains("replaced program on existing tc ingress link"), "{log}");
     assert!(log.contains("adopted pinned datapath state services=2 backends=6"), "{log}");
     assert!(log.contains("ops=0"), "restarted agent rewrote maps:\n{log}");
-    assert_eq!(lab.agent_command(0, &["services"]).unwrap(), before);
+    assert_eq!(lab.agent_command(0, &["list", "services"]).unwrap(), before);
     let s = send(&lab, "tcp", 60);
     assert_eq!(s.failed, 0);
     assert_eq!(answered_by(&s), vec!["web-1", "web-2", "web-3"]);

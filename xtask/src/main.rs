@@ -1,6 +1,9 @@
 //! Orchestration only: toolchain set-up, builds, the lab demo, test runs.
 
 mod demo;
+mod e2e_kind;
+mod image;
+mod manifests;
 mod setup;
 mod workspace;
 
@@ -29,6 +32,13 @@ enum Command {
     Demo,
     /// Remove lab namespaces and mounts left by killed runs.
     LabClean,
+    /// Render manifests/ and validate every manifest against the Kubernetes schemas, offline.
+    Manifests,
+    /// Build the agent's container image (needs docker or podman; exits 2 without).
+    Image,
+    /// kind cluster without kube-proxy: install, check ClusterIP, NodePort, LoadBalancer
+    /// and an endpoint change, delete (needs a container engine and internet; exits 2 without).
+    E2eKind,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { args } => {
             setup::run()?;
+            manifests::check()?;
             workspace::build()?;
             workspace::test(&args)
         }
@@ -48,6 +59,12 @@ fn main() -> anyhow::Result<()> {
             workspace::build()?;
             demo::run()
         }
+        Command::Manifests => {
+            setup::run()?;
+            manifests::check()
+        }
+        Command::Image => image::run(),
+        Command::E2eKind => e2e_kind::run_e2e(),
         Command::LabClean => {
             proxy_lab::lab::remove_stale_labs();
             println!("lab namespaces left: {:?}", proxy_lab::lab::lab_namespaces());

@@ -51,6 +51,11 @@ pub fn run() -> anyhow::Result<()> {
         installed.extend(missing.iter().map(|s| s.to_string()));
     }
 
+    match crate::manifests::ensure_validator()? {
+        Some(v) => installed.push(v),
+        None => present.push(crate::manifests::present_label()),
+    }
+
     // kubectl comes with the machine image (no registry here has it); the
     // control-plane tests drive the lab's API server with it.
     if which("kubectl").is_none() {

@@ -123,4 +123,19 @@ impl PinnedMaps {
         }
         Ok(out)
     }
+
+    /// Conntrack keys, counted without reading values, stopping at `limit`.
+    /// A key deleted under the walk restarts it from the first key, so on a
+    /// busy LRU map only the limit bounds it.
+    pub fn count_conntrack(&self, limit: usize) -> anyhow::Result<usize> {
+        let mut count = 0;
+        for key in self.conntrack.keys() {
+            key?;
+            count += 1;
+            if count >= limit {
+                break;
+            }
+        }
+        Ok(count)
+    }
 }

@@ -193,12 +193,10 @@ pub struct FrontendEntry {
     pub session_affinity: Option<u32>,
     /// The Service's `healthCheckNodePort`, set for a LoadBalancer Service
     /// with `externalTrafficPolicy: Local` (kube-proxy's `NeedsHealthCheck`).
-    #[cfg_attr(not(test), allow(dead_code))] // for the health check server
     pub health_check_node_port: Option<u16>,
     /// Ready endpoints of the Service on this node, counted as kube-proxy's
     /// health check server counts them: distinct addresses over all of the
     /// Service's ports, so the same for every frontend of the Service.
-    #[cfg_attr(not(test), allow(dead_code))] // for the health check server
     pub local_endpoint_count: u32,
     /// `endpoints` is empty only because a Local traffic policy leaves none
     /// on this node, while the Service has usable endpoints elsewhere:

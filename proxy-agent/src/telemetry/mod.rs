@@ -1,0 +1,290 @@
+//! What operators and load balancers see of a running agent: `/healthz` and
+//! `/livez` (kube-proxy's probes, on :10256), Prometheus `/metrics` (on
+//! 127.0.0.1:10249), and the healthCheckNodePort servers of Services with
+//! `externalTrafficPolicy: Local`. The sync loop reports to one [`Telemetry`];
+//! the servers are tokio tasks reading shared state.
+
+pub mod health;
+mod http;
+pub mod metrics;
+pub mod service_health;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proxy_common::maps::MAX_CONNTRACK;
+
+use crate::datapath::{PinLayout, PinnedMaps};
+use crate::model::Model;
+use crate::skip::Skipped;
+use crate::tables::Tables;
+use health::{SyncHealth, HEALTH_TIMEOUT};
+use http::{Handler, Reply};
+use metrics::{DatapathFigures, Metrics, Programmed};
+use service_health::{HealthCheck, ServiceHealthServers};
+
+/// Counting a full conntrack map walks every key (a syscall each): at most
+/// once per this interval, whatever the scrape rate.
+const CONNTRACK_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// kube-proxy's flag names and defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Flags {
+    /// Where `/healthz` and `/livez` listen (IP:port); empty turns them off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: BindAddress,
+    /// Where Prometheus `/metrics` listens (IP:port); empty turns it off.
+    /// Loopback by default, as kube-proxy's: expose it on purpose.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: BindAddress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindAddress(Option<SocketAddr>);
+
+impl FromStr for BindAddress {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Ok(BindAddress(None));
+        }
+        s.parse().map(|a| BindAddress(Some(a)))
+    }
+}
+
+/// What the model serves beyond the map entries: how many Services, and
+/// which health check node ports.
+#[derive(Clone, Debug, Default)]
+pub struct Served {
+    pub services: usize,
+    pub health_checks: Vec<HealthCheck>,
+}
+
+impl Served {
+    pub fn of(model: &Model) -> Self {
+        let mut services: Vec<(&str, &str)> = model
+            .frontends
+            .values()
+            .map(|e| (e.service.namespace.as_str(), e.service.name.as_str()))
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        Served {
+            services: services.len(),
+            health_checks: service_health::health_checks(model),
+        }
+    }
+}
+
+/// One sync, as the sync loop saw it.
+pub struct SyncReport<'a> {
+    pub tables: &'a Tables,
+    pub skipped: &'a [Skipped],
+    pub served: &'a Served,
+    pub failed_writes: usize,
+}
+
+struct Shared {
+    health: Mutex<SyncHealth>,
+    metrics: Mutex<Metrics>,
+    /// Opened once the programs are loaded and the maps pinned.
+    datapath: OnceLock<Mutex<PinnedMaps>>,
+    conntrack: Mutex<Option<(Instant, u64)>>,
+}
+
+pub struct Telemetry {
+    shared: Arc<Shared>,
+    service_health: ServiceHealthServers,
+    last_skipped: Vec<Skipped>,
+    _servers: Vec<AbortOnDrop>,
+}
+
+impl Telemetry {
+    /// Starts the probe and metrics servers. Called before anything slow, so
+    /// probes answer while the agent loads and waits for the API server.
+    pub fn start(flags: &Flags) -> Self {
+        let shared = Arc::new(Shared {
+            health: Mutex::new(SyncHealth::new(Instant::now(), HEALTH_TIMEOUT)),
+            metrics: Mutex::new(Metrics::default()),
+            datapath: OnceLock::new(),
+            conntrack: Mutex::new(None),
+        });
+        let mut servers = Vec::new();
+        let probes = flags.healthz_bind_address.0;
+        let metrics = flags.metrics_bind_address.0;
+        if let Some(addr) = probes {
+            let handler = route(shared.clone(), probes == metrics);
+            servers.push(AbortOnDrop(http::serve("healthz", addr, handler)));
+        }
+        if let Some(addr) = metrics.filter(|m| Some(*m) != probes) {
+            servers.push(AbortOnDrop(http::serve("metrics", addr, metrics_only(shared.clone()))));
+        }
+        let for_lb = shared.clone();
+        let proxy_healthy = Arc::new(move || for_lb.health.lock().unwrap().healthz(Instant::now()).healthy);
+        Telemetry {
+            shared,
+            service_health: ServiceHealthServers::new(proxy_healthy),
+            last_skipped: Vec::new(),
+            _servers: servers,
+        }
+    }
+
+    /// Lets `/metrics` read the verdict counters and conntrack map.
+    pub fn attach_datapath(&self, layout: &PinLayout) {
+        match PinnedMaps::open(layout) {
+            Ok(maps) => {
+                let _ = self.shared.datapath.set(Mutex::new(maps));
+            }
+            Err(error) => tracing::warn!(%error, "metrics will lack datapath figures"),
+        }
+    }
+
+    pub fn sync_started(&self) -> Instant {
+        let now = Instant::now();
+        self.shared.health.lock().unwrap().sync_started(now);
+        now
+    }
+
+    pub fn synced(&mut self, started: Instant, report: SyncReport<'_>) {
+        let now = Instant::now();
+        let result = if report.failed_writes == 0 {
+            self.shared.health.lock().unwrap().sync_succeeded(now, SystemTime::now());
+            metrics::RESULT_SUCCESS
+        } else {
+            let error = format!("{} map writes failed", report.failed_writes);
+            self.shared.health.lock().unwrap().sync_failed(now, error);
+            metrics::RESULT_MAP_WRITE_FAILED
+        };
+        self.service_health.reconcile(&report.served.health_checks);
+        let mut m = self.shared.metrics.lock().unwrap();
+        m.sync_done((now - started).as_secs_f64(), result, unix_now());
+        let programmed = Programmed {
+            services: report.served.services,
+            frontends: report.tables.services.len(),
+            backends: report.tables.backends.len(),
+            health_check_servers: report.served.health_checks.len(),
+        };
+        m.programmed(programmed, report.failed_writes);
+        m.skipped(&self.last_skipped, report.skipped);
+        self.last_skipped = report.skipped.to_vec();
+    }
+
+    pub fn source_failed(&self, started: Instant, error: &anyhow::Error) {
+        let now = Instant::now();
+        self.shared.health.lock().unwrap().sync_failed(now, format!("reading the source: {error:#}"));
+        let mut m = self.shared.metrics.lock().unwrap();
+        m.sync_done((now - started).as_secs_f64(), metrics::RESULT_SOURCE_ERROR, unix_now());
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Shared {
+    fn probe(&self, path: &str) -> Option<Reply> {
+        let health = self.health.lock().unwrap();
+        let verdict = match path {
+            "/healthz" => health.healthz(Instant::now()),
+            "/livez" => health.livez(Instant::now()),
+            _ => return None,
+        };
+        Some(Reply::json(verdict.healthy, health::body(&verdict, SystemTime::now())))
+    }
+
+    /// Blocking: reads maps.
+    fn render_metrics(&self) -> String {
+        let figures = self.datapath_figures();
+        self.metrics.lock().unwrap().render(&figures)
+    }
+
+    fn datapath_figures(&self) -> DatapathFigures {
+        let Some(maps) = self.datapath.get() else {
+            return DatapathFigures::default();
+        };
+        let maps = maps.lock().unwrap();
+        let verdicts = match maps.verdicts() {
+            Ok(v) => v.into_iter().map(|(verdict, n)| (verdict.name(), n)).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "reading verdict counters");
+                Vec::new()
+            }
+        };
+        let mut cached = self.conntrack.lock().unwrap();
+        let fresh = cached.filter(|(at, _)| at.elapsed() < CONNTRACK_COUNT_INTERVAL);
+        let conntrack_entries = match fresh {
+            Some((_, n)) => Some(n),
+            // A walk restarted by concurrent deletions could go on; it
+            // stops at the map's capacity.
+            None => match maps.count_conntrack(MAX_CONNTRACK as usize) {
+                Ok(n) => {
+                    *cached = Some((Instant::now(), n as u64));
+                    Some(n as u64)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "counting conntrack entries");
+                    None
+                }
+            },
+        };
+        DatapathFigures {
+            verdicts,
+            conntrack_entries,
+        }
+    }
+}
+
+/// `/healthz`, `/livez`, and `/metrics` too when both share one address.
+fn route(shared: Arc<Shared>, with_metrics: bool) -> Handler {
+    let metrics = metrics_only(shared.clone());
+    Arc::new(move |method, path| match shared.probe(path) {
+        Some(reply) => Box::pin(async move { reply }),
+        None if with_metrics => metrics(method, path),
+        None => Box::pin(async { Reply::not_found() }),
+    })
+}
+
+fn metrics_only(shared: Arc<Shared>) -> Handler {
+    Arc::new(move |_method, path| {
+        let shared = shared.clone();
+        let wanted = path == "/metrics";
+        Box::pin(async move {
+            if !wanted {
+                return Reply::not_found();
+            }
+            match tokio::task::spawn_blocking(move || shared.render_metrics()).await {
+                Ok(text) => Reply::new(hyper::StatusCode::OK, metrics::CONTENT_TYPE, text),
+                Err(error) => Reply::new(
+                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    format!("{error}\n"),
+                ),
+            }
+        })
+    })
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_address_empty_disables() {
+        assert_eq!("".parse::<BindAddress>().unwrap(), BindAddress(None));
+        assert_eq!(
+            "0.0.0.0:10256".parse::<BindAddress>().unwrap(),
+            BindAddress(Some("0.0.0.0:10256".parse().unwrap()))
+        );
+        assert!("10256".parse::<BindAddress>().is_err());
+    }
+}

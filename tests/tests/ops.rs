@@ -1,0 +1,289 @@
+//! What operators see of a running agent: Prometheus metrics and probes
+//! scraped from inside the node, checked against the traffic the test sent,
+//! and the healthCheckNodePort servers as a cloud load balancer probes them
+//! from outside the node. Needs root; run with `cargo xtask test`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{binaries, counter, SYNC_TIMEOUT};
+use proxy_lab::cmd::in_ns;
+use proxy_lab::lab::wait_until;
+use proxy_lab::manifests::service;
+use proxy_lab::privilege::require_root;
+use proxy_lab::{Lab, Summary};
+
+const REQUESTS: u32 = 60;
+
+/// Status and body of `GET url`, from namespace `ns`.
+fn http_get(ns: &str, url: &str) -> anyhow::Result<(u16, String)> {
+    let out = in_ns(ns, &["curl", "-sS", "--max-time", "2", "-w", "\n%{http_code}", url])?;
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    Ok((status.trim().parse()?, body.to_string()))
+}
+
+/// The value of one series in Prometheus text, e.g. `name{label="v"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// A Service the model must refuse: its cluster IP is not an address.
+const BAD_SERVICE: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: broken
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.999
+  ports:
+  - {port: 80, protocol: TCP, targetPort: 8080}
+"#;
+
+#[test]
+fn metrics_and_probes_match_the_traffic_sent() {
+    if !require_root("metrics_and_probes_match_the_traffic_sent") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
+    lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
+    lab.write_manifest("broken.yaml", BAD_SERVICE).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let node = lab.nodes[0].ns.clone();
+
+    let s = Summary::of(&lab.requests(&lab.pod("client-a").ns, "tcp", "10.96.0.10:80", REQUESTS, 1000).unwrap());
+    assert_eq!(s.failed, 0, "{:?}", s.errors);
+
+    let (status, metrics) = http_get(&node, "http://127.0.0.1:10249/metrics").unwrap();
+    // Read straight after the scrape, with no traffic in between.
+    let counters = lab.agent_command(0, &["counters"]).unwrap();
+    let conntrack = lab.agent_command(0, &["list", "conntrack"]).unwrap();
+    println!("{metrics}\n{counters}\n{conntrack}");
+    assert_eq!(status, 200);
+
+    // Verdicts: every request's packets were translated both ways, and the
+    // scrape reads the same per-CPU map as `counters`.
+    let translated = sample(&metrics, "ebpf_proxy_datapath_verdicts_total{verdict=\"translated\"}");
+    let reversed = sample(&metrics, "ebpf_proxy_datapath_verdicts_total{verdict=\"reverse_translated\"}");
+    assert!(translated >= f64::from(REQUESTS), "translated {translated} < {REQUESTS} requests");
+    assert!(reversed >= f64::from(REQUESTS), "reverse_translated {reversed} < {REQUESTS} requests");
+    assert_eq!(translated as u64, counter(&counters, "translated"));
+    assert_eq!(reversed as u64, counter(&counters, "reverse_translated"));
+    assert_eq!(sample(&metrics, "ebpf_proxy_datapath_verdicts_total{verdict=\"no_backend\"}"), 0.0);
+
+    // What the manifests define: one good Service with a TCP and a UDP
+    // frontend over three pods (a backend per pod and protocol), one refused.
+    assert_eq!(sample(&metrics, "ebpf_proxy_services"), 1.0);
+    assert_eq!(sample(&metrics, "ebpf_proxy_frontends"), 2.0);
+    assert_eq!(sample(&metrics, "ebpf_proxy_backends"), 6.0);
+    assert_eq!(sample(&metrics, "ebpf_proxy_skipped_objects{reason=\"invalid_cluster_ip\"}"), 1.0);
+    assert_eq!(sample(&metrics, "ebpf_proxy_skip_events_total{reason=\"invalid_cluster_ip\"}"), 1.0);
+    assert_eq!(sample(&metrics, "ebpf_proxy_map_write_failures_total"), 0.0);
+    let syncs = sample(&metrics, "ebpf_proxy_syncs_total{result=\"success\"}");
+    assert!(syncs >= 1.0 && syncs as u64 <= agent.generations(), "{syncs} successful syncs");
+    assert_eq!(sample(&metrics, "ebpf_proxy_sync_duration_seconds_count"), agent.generations() as f64);
+
+    // Conntrack: two entries per connection, as `list conntrack` shows them.
+    let summary = conntrack.lines().find(|l| l.ends_with(" entries")).expect("conntrack summary line");
+    let fields: Vec<&str> = summary.split_whitespace().collect();
+    let (flows, entries): (u64, u64) = (fields[0].parse().unwrap(), fields[2].parse().unwrap());
+    assert_eq!(flows, u64::from(REQUESTS), "{summary}");
+    assert_eq!(sample(&metrics, "ebpf_proxy_conntrack_entries") as u64, entries);
+    assert_eq!(entries, 2 * flows, "every flow has its reply entry: {summary}");
+
+    // Probes: healthy after a sync, with kube-proxy's body; reachable from
+    // outside the node, while metrics stay on the node's loopback.
+    let (status, body) = http_get(&node, "http://127.0.0.1:10256/healthz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["healthy"], true, "{body}");
+    assert!(health["lastUpdated"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+    assert!(health["currentTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+    let (status, _) = http_get(&lab.client_ns, "http://10.100.0.11:10256/livez").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        http_get(&lab.client_ns, "http://10.100.0.11:10249/metrics").is_err(),
+        "metrics answered on the node's underlay address"
+    );
+}
+
+#[test]
+fn bind_address_flags_move_the_servers() {
+    if !require_root("bind_address_flags_move_the_servers") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    let agent = lab
+        .start_agent_with(1, &["--metrics-bind-address", "0.0.0.0:9100", "--healthz-bind-address", "127.0.0.1:9101"])
+        .unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let node = &lab.nodes[1].ns;
+    let (status, metrics) = http_get(&lab.client_ns, "http://10.100.0.12:9100/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(sample(&metrics, "ebpf_proxy_frontends"), 0.0);
+    assert_eq!(http_get(node, "http://127.0.0.1:9101/healthz").unwrap().0, 200);
+    assert!(http_get(node, "http://127.0.0.1:10256/healthz").is_err(), "default healthz port still open");
+    assert!(http_get(node, "http://127.0.0.1:10249/metrics").is_err(), "default metrics port still open");
+}
+
+const HC_PORT: u16 = 32100;
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` and endpoints
+/// on the given pods, each with its node's name.
+fn local_lb(lab: &Lab, pods: &[&str]) -> String {
+    let mut eps = String::new();
+    for p in pods {
+        let pod = lab.pod(p);
+        let node = &lab.nodes[pod.node].name;
+        eps.push_str(&format!("- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n  nodeName: {node}\n", pod.ip));
+    }
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: lb, namespace: shop}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.50
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {HC_PORT}
+  ports:
+  - {{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30050}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-x1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports:
+- {{port: 8080, protocol: TCP}}
+endpoints:
+{eps}"#
+    )
+}
+
+/// What a load balancer's probe of `node`'s health check port gets.
+fn probe(lab: &Lab, node: usize) -> anyhow::Result<(u16, serde_json::Value)> {
+    let url = format!("http://{}:{HC_PORT}/", lab.nodes[node].underlay_ip);
+    let (status, body) = http_get(&lab.client_ns, &url)?;
+    Ok((status, serde_json::from_str(&body)?))
+}
+
+fn expect_probe(lab: &Lab, node: usize, status: u16, local: u64) {
+    let mut last = None;
+    let reached = wait_until(Duration::from_secs(5), || {
+        last = probe(lab, node).ok();
+        last.as_ref().is_some_and(|(s, b)| *s == status && b["localEndpoints"] == local)
+    });
+    assert!(reached.is_ok(), "node-{}: wanted {status} with {local} local endpoints, got {last:?}", node + 1);
+    let (_, body) = last.unwrap();
+    assert_eq!(body["service"], serde_json::json!({"namespace": "shop", "name": "lb"}));
+    assert_eq!(body["serviceProxyHealthy"], true);
+}
+
+#[test]
+fn health_check_node_port_reports_local_endpoints() {
+    if !require_root("health_check_node_port_reports_local_endpoints") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    // Endpoints only on node-2 at first.
+    lab.write_manifest("lb.yaml", &local_lb(&lab, &["web-2", "web-3"])).unwrap();
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent(n).unwrap()).collect();
+    for a in &agents {
+        a.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    }
+    expect_probe(&lab, 0, 503, 0);
+    expect_probe(&lab, 1, 200, 2);
+
+    // A pod on node-1 becomes an endpoint: its probe turns healthy.
+    lab.write_manifest("lb.yaml", &local_lb(&lab, &["web-1", "web-2", "web-3"])).unwrap();
+    agents[0].wait_synced(2, SYNC_TIMEOUT).unwrap();
+    expect_probe(&lab, 0, 200, 1);
+    expect_probe(&lab, 1, 200, 2);
+
+    // The Service goes away: so does its health check server.
+    std::fs::remove_file(lab.manifests.join("lb.yaml")).unwrap();
+    agents[0].wait_synced(3, SYNC_TIMEOUT).unwrap();
+    let closed = wait_until(Duration::from_secs(5), || probe(&lab, 0).is_err());
+    assert!(closed.is_ok(), "health check port still answers: {:?}", probe(&lab, 0));
+}
+
+/// The capabilities manifests/daemonset.yaml gives the agent container.
+const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+net_admin";
+/// CapEff of exactly CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39).
+const DAEMONSET_CAP_EFF: &str = "000000c000001000";
+
+/// The agent as the DaemonSet runs it: bpffs mounted beforehand (by the init
+/// container, here by `mount-bpffs` with full privileges), then the agent
+/// with every capability but CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN dropped
+/// from its bounding set, as a container runtime does. It loads, attaches,
+/// syncs and translates; and without CAP_SYS_ADMIN it could not have mounted
+/// bpffs itself, which is why the init container exists. (Dropping any one
+/// of the three makes loading fail: map creation without CAP_BPF, the tc
+/// program without CAP_NET_ADMIN, the verifier without CAP_PERFMON.)
+#[test]
+fn agent_needs_only_the_daemonsets_capabilities() {
+    if !require_root("agent_needs_only_the_daemonsets_capabilities") {
+        return;
+    }
+    let real = binaries();
+    let dir = std::env::temp_dir().join(format!("ebpf-proxy-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _remove = RemoveOnDrop(dir.clone());
+    let caps_seen = dir.join("capeff");
+    let wrapper = dir.join("proxy-agent");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set={DAEMONSET_CAPS} -- sh -c 'grep ^CapEff /proc/self/status > {}; exec \"$0\" \"$@\"' {} \"$@\"\n",
+            caps_seen.display(),
+            real.agent.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut limited = real.clone();
+    limited.agent = wrapper.clone();
+
+    let lab = Lab::up(limited).expect("lab up");
+    // Without CAP_SYS_ADMIN, mounting bpffs is refused.
+    let denied = lab.agent_command(1, &["mount-bpffs"]);
+    assert!(denied.is_err(), "mounted bpffs without CAP_SYS_ADMIN: {denied:?}");
+    // The init container's step, with full privileges.
+    let bpffs = lab.nodes[0].bpffs.to_string_lossy().into_owned();
+    proxy_lab::cmd::run(&real.agent.to_string_lossy(), &["--bpffs", &bpffs, "mount-bpffs"]).unwrap();
+
+    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
+    lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let caps = std::fs::read_to_string(&caps_seen).unwrap();
+    assert_eq!(caps.split_whitespace().nth(1), Some(DAEMONSET_CAP_EFF), "agent ran with {caps}");
+    for proto in ["tcp", "udp"] {
+        let s = Summary::of(&lab.requests(&lab.pod("client-a").ns, proto, "10.96.0.10:80", 30, 1000).unwrap());
+        assert_eq!(s.failed, 0, "{proto}: {:?}\n{}", s.errors, agent.own_log());
+        assert_eq!(common::answered_by(&s), vec!["web-1", "web-2", "web-3"], "{proto}");
+    }
+    assert_eq!(http_get(&lab.nodes[0].ns, "http://127.0.0.1:10256/healthz").unwrap().0, 200);
+}
+
+/// Removes a directory also when the test fails half-way.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
