@@ -37,4 +37,6 @@ mod pod {
     unsafe impl aya::Pod for crate::CtValue {}
     unsafe impl aya::Pod for crate::DatapathConfig {}
     unsafe impl aya::Pod for crate::SourceRange {}
+    unsafe impl aya::Pod for crate::maps::AffinityKey {}
+    unsafe impl aya::Pod for crate::maps::AffinityValue {}
 }

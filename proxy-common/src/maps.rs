@@ -16,12 +16,14 @@ pub const BACKENDS_MAP: &str = "BACKENDS";
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
 pub const VERDICTS_MAP: &str = "VERDICTS";
 pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
+pub const AFFINITY_MAP: &str = "AFFINITY";
 
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
+pub const MAX_AFFINITY: u32 = 65_536;
 /// More than this many endpoints behind one frontend is refused by the agent;
 /// kube-proxy has no such limit, but EndpointSlices cap at 1000 per slice and
 /// no real Service comes close to this.
@@ -137,6 +139,29 @@ impl SourceRange {
     }
 }
 
+/// `sessionAffinity: ClientIP`: which backend a client of a frontend was
+/// last sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// Client address, network byte order.
+    pub client: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// The slot the backend was in, so a later flow checks in O(1) that the
+    /// frontend still has it.
+    pub slot: u32,
+    /// When a flow last started through this entry.
+    pub last_used_ns: u64,
+}
+
+const _: () = assert!(size_of::<AffinityKey>() == 8);
+const _: () = assert!(size_of::<AffinityValue>() == 16);
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<SourceRange>() == 8);
 const _: () = assert!(size_of::<ServiceValue>() == 20);

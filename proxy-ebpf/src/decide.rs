@@ -12,7 +12,7 @@ use proxy_common::{
 
 use crate::{
     conntrack::{ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_refresh, ct_key, Nat},
-    lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend, lb4_source_allowed, Frontend, Role},
+    lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend_for, lb4_source_allowed, Frontend, Role},
     maps::config,
     packet::Flow,
 };
@@ -137,7 +137,7 @@ enum NoNat {
 #[inline(always)]
 fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role) -> Result<Nat, NoNat> {
     let svc = &frontend.svc;
-    let (backend_id, backend) = lb4_select_backend(svc).ok_or(NoNat::NoBackend)?;
+    let (backend_id, backend) = lb4_select_backend_for(svc, flow.saddr).ok_or(NoNat::NoBackend)?;
     let mut nat = Nat {
         backend_id,
         backend,

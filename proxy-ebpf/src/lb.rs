@@ -1,13 +1,17 @@
 //! Service lookup and backend selection.
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+};
 use proxy_common::{
-    maps::{scope, service_flags},
+    maps::{scope, service_flags, AffinityKey, AffinityValue},
     select::slot_for,
     Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,
 };
 
-use crate::maps::{BACKENDS, BACKEND_SLOTS, SERVICES, SOURCE_RANGES};
+use crate::maps::{AFFINITY, BACKENDS, BACKEND_SLOTS, SERVICES, SOURCE_RANGES};
 use crate::packet::Flow;
 
 /// Where a packet entered the node, which decides the frontends it may use
@@ -85,10 +89,58 @@ pub fn lb4_lookup_backend(backend_id: u32) -> Option<Backend> {
 #[inline(always)]
 pub fn lb4_select_backend(svc: &ServiceValue) -> Option<(u32, Backend)> {
     let slot = slot_for(unsafe { bpf_get_prandom_u32() }, svc.count)?;
+    lb4_slot_backend(svc, slot)
+}
+
+#[inline(always)]
+fn lb4_slot_backend(svc: &ServiceValue, slot: u32) -> Option<(u32, Backend)> {
     let key = BackendSlotKey {
         service_id: svc.service_id,
         slot,
     };
     let backend_id = *unsafe { BACKEND_SLOTS.get(&key) }?;
     lb4_lookup_backend(backend_id).map(|b| (backend_id, b))
+}
+
+/// The backend for a new flow from `client`: with `sessionAffinity:
+/// ClientIP`, the one this client last used while it is within the timeout
+/// and still in the frontend's slots; otherwise a random one, remembered for
+/// next time.
+#[inline(always)]
+pub fn lb4_select_backend_for(svc: &ServiceValue, client: u32) -> Option<(u32, Backend)> {
+    if svc.flags & service_flags::SESSION_AFFINITY == 0 {
+        return lb4_select_backend(svc);
+    }
+    let key = AffinityKey {
+        service_id: svc.service_id,
+        client,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+    let mut chosen = None;
+    if let Some(entry) = unsafe { AFFINITY.get(&key) } {
+        if now.wrapping_sub(entry.last_used_ns) < timeout_ns && entry.slot < svc.count {
+            if let Some((id, backend)) = lb4_slot_backend(svc, entry.slot) {
+                if id == entry.backend_id {
+                    chosen = Some((entry.slot, id, backend));
+                }
+            }
+        }
+    }
+    let (slot, id, backend) = match chosen {
+        Some(c) => c,
+        None => {
+            let slot = slot_for(unsafe { bpf_get_prandom_u32() }, svc.count)?;
+            let (id, backend) = lb4_slot_backend(svc, slot)?;
+            (slot, id, backend)
+        }
+    };
+    let value = AffinityValue {
+        backend_id: id,
+        slot,
+        last_used_ns: now,
+    };
+    // Best effort: a failed write only costs the next flow its stickiness.
+    let _ = AFFINITY.insert(&key, &value, BPF_ANY as u64);
+    Some((id, backend))
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    maps::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES, MAX_SOURCE_RANGES},
+    maps::{AffinityKey, AffinityValue, MAX_AFFINITY, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES, MAX_SOURCE_RANGES},
     Backend, BackendSlotKey, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SourceRange, Verdict,
 };
 
@@ -39,6 +39,10 @@ pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 /// `loadBalancerSourceRanges` per LoadBalancer frontend (by service id).
 #[map(name = "SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
+
+/// `sessionAffinity: ClientIP` per frontend and client.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
 
 /// What the agent configured; all zero (no SNAT address, no service range)
 /// until it has.

@@ -78,6 +78,8 @@ pub struct ServiceSpec {
     pub external_local: bool,
     pub internal_local: bool,
     pub health_check_node_port: Option<u16>,
+    /// `sessionAffinity: ClientIP` with this timeout in seconds.
+    pub session_affinity: Option<u32>,
     /// (address, node name) of ready endpoints.
     pub endpoints: Vec<(Ipv4Addr, String)>,
 }
@@ -120,6 +122,11 @@ impl ServiceSpec {
         }
         if self.internal_local {
             spec_extra.push_str("  internalTrafficPolicy: Local\n");
+        }
+        if let Some(t) = self.session_affinity {
+            spec_extra.push_str(&format!(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
+            ));
         }
         if let Some(p) = self.health_check_node_port {
             spec_extra.push_str(&format!("  healthCheckNodePort: {p}\n"));

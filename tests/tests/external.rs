@@ -164,6 +164,13 @@ fn load_balancer_and_external_ips_with_source_ranges() {
     check(&lab, &lab.client_ns, "10.200.0.11:80", &ALL_WEB, &node1);
     check(&lab, &lab.client_ns, "10.200.0.13:80", &["web-1"], "10.100.0.100");
     check_dropped(&lab, &lab.client_ns, "10.200.0.12:80");
+    // Pods on either node reach the LoadBalancer and external IPs through
+    // their own node, keeping their address.
+    for pod in ["client-a", "client-b"] {
+        let p = lab.pod(pod);
+        check(&lab, &p.ns, "10.200.0.10:80", &ALL_WEB, &p.ip.to_string());
+        check(&lab, &p.ns, "10.201.0.10:80", &ALL_WEB, &p.ip.to_string());
+    }
     let c = counters(&lab, 0);
     assert_eq!(counter(&c, "source_denied"), 6, "{c}");
 }
@@ -307,4 +314,44 @@ fn xdp_serves_nodeports_and_load_balancers_before_the_stack() {
     let c = counters(&lab, 0);
     println!("node-1 with XDP:\n{c}");
     assert_eq!(counter(&c, "source_denied"), 6, "{c}");
+}
+
+#[test]
+fn session_affinity_keeps_each_client_on_one_backend_until_the_timeout() {
+    if !require_root("session_affinity_keeps_each_client_on_one_backend_until_the_timeout") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut sticky = web(lab, "sticky", "10.96.1.60");
+        sticky.session_affinity = Some(10800);
+        sticky.node_port = Some(30085);
+        let mut short = web(lab, "short", "10.96.1.61");
+        short.session_affinity = Some(1);
+        vec![sticky, short, web(lab, "plain", "10.96.1.62")]
+    });
+    let node1 = lab.node_ip(0);
+    let clients = [
+        (lab.pod("client-a").ns.clone(), "10.96.1.60:80".to_string()),
+        (lab.pod("client-b").ns.clone(), "10.96.1.60:80".to_string()),
+        (lab.client_ns.clone(), format!("{node1}:30085")),
+    ];
+    // Every request is a new connection (or a new UDP socket): conntrack
+    // cannot be what keeps them together, only the affinity.
+    for (ns, target) in &clients {
+        for proto in ["tcp", "udp"] {
+            let s = Summary::of(&lab.requests(ns, proto, target, 30, TIMEOUT_MS).unwrap());
+            assert_eq!(s.failed, 0, "{proto} {target}: {:?}", s.errors);
+            assert_eq!(s.by_backend.len(), 1, "{proto} {target} from {ns}: {:?}", s.by_backend);
+        }
+    }
+    // Without affinity the same client spreads (chance of one backend for
+    // 30 requests over 3: 3 * (1/3)^30).
+    let a = lab.pod("client-a");
+    let s = Summary::of(&lab.requests(&a.ns, "tcp", "10.96.1.62:80", 30, TIMEOUT_MS).unwrap());
+    assert!(s.by_backend.len() > 1, "no affinity, yet one backend: {:?}", s.by_backend);
+    // A 1 s timeout with requests 1.2 s apart: each picks afresh (chance of
+    // one backend for 8 requests: (1/3)^7).
+    let s = Summary::of(&lab.requests_in_background(&a.ns, "tcp", "10.96.1.61:80", 8, TIMEOUT_MS, 1200).unwrap().wait().unwrap());
+    assert_eq!(s.failed, 0, "{:?}", s.errors);
+    assert!(s.by_backend.len() > 1, "affinity outlived its 1 s timeout: {:?}", s.by_backend);
 }
