@@ -122,3 +122,38 @@ fn cleanup_removes_programs_and_maps() {
     assert_eq!(s.failed, 5, "still translated after cleanup: {s:?}");
     assert!(lab.agent_command(0, &["counters"]).is_err(), "counters still readable after cleanup");
 }
+
+/// An upgrade whose build changed a map's layout: the pinned map of the old
+/// layout is replaced, the new programs go in only once the new maps are
+/// filled, and traffic flows.
+#[test]
+fn an_upgrade_replaces_pinned_maps_of_an_older_layout() {
+    if !require_root("an_upgrade_replaces_pinned_maps_of_an_older_layout") {
+        return;
+    }
+    let lab = lab_with_web(&["web-1", "web-2", "web-3"]);
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    assert_eq!(send(&lab, "tcp", 30).failed, 0);
+    agent.stop().unwrap();
+
+    // What an older build left: a conntrack map with 32-byte values.
+    let pin = lab.nodes[0].bpffs.join("ebpf-proxy/maps/CONNTRACK");
+    std::fs::remove_file(&pin).unwrap();
+    let pin_text = pin.to_string_lossy().into_owned();
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create", &pin_text, "type", "lru_hash", "key", "16", "value", "32", "entries", "1024", "name", "CONNTRACK"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create failed");
+
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let log = agent.own_log();
+    assert!(log.contains("pinned map has another layout") && log.contains("CONNTRACK"), "{log}");
+    let s = send(&lab, "tcp", 60);
+    assert_eq!((s.failed, answered_by(&s)), (0, vec!["web-1", "web-2", "web-3"]), "{:?}", s.errors);
+    let show = std::process::Command::new("bpftool").args(["map", "show", "pinned", &pin_text]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("value 40B"), "the new layout: {show}");
+}

@@ -14,6 +14,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("curl", "curl"),
+    // The upgrade test makes a map in an older layout with it.
+    ("bpftool", "bpftool"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -45,7 +47,7 @@ pub fn run() -> anyhow::Result<()> {
         .into_iter()
         .collect();
     if missing.is_empty() {
-        present.push("iproute2, ethtool, curl".into());
+        present.push("iproute2, ethtool, curl, bpftool".into());
     } else {
         install_debian(&missing)?;
         installed.extend(missing.iter().map(|s| s.to_string()));
