@@ -6,59 +6,26 @@ use std::net::Ipv4Addr;
 /// A ClusterIP Service with one TCP and one UDP port of the same number, as
 /// DNS has, and an EndpointSlice listing `endpoints` (address, ready).
 pub fn service(name: &str, cluster_ip: &str, port: u16, endpoints: &[(Ipv4Addr, bool)]) -> String {
-    let target = crate::lab::BACKEND_PORT;
-    let mut eps = String::new();
-    for (addr, ready) in endpoints {
-        eps.push_str(&format!(
-            "- addresses: [\"{addr}\"]\n  conditions:\n    ready: {ready}\n    serving: {ready}\n    terminating: false\n"
-        ));
-    }
-    if eps.is_empty() {
-        eps.push_str("[]\n");
-        eps.insert_str(0, " ");
-    }
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  type: ClusterIP
-  clusterIP: {cluster_ip}
-  clusterIPs: ["{cluster_ip}"]
-  ipFamilies: [IPv4]
-  ports:
-  - name: tcp
-    port: {port}
-    protocol: TCP
-    targetPort: {target}
-  - name: udp
-    port: {port}
-    protocol: UDP
-    targetPort: {target}
-  selector:
-    app: {name}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-abc12
-  namespace: default
-  labels:
-    kubernetes.io/service-name: {name}
-    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
-addressType: IPv4
-ports:
-- name: tcp
-  port: {target}
-  protocol: TCP
-- name: udp
-  port: {target}
-  protocol: UDP
-endpoints:
-{eps}"#
-    )
+    let mut spec = ServiceSpec::new(name, cluster_ip, port);
+    spec.endpoints = endpoints
+        .iter()
+        .map(|(addr, ready)| EndpointSpec {
+            addr: *addr,
+            node: None,
+            ready: *ready,
+        })
+        .collect();
+    spec.yaml()
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    pub addr: Ipv4Addr,
+    /// `nodeName`, which traffic policies use to tell local from remote.
+    pub node: Option<String>,
+    /// `ready` and `serving` (never terminating).
+    pub ready: bool,
 }
 
 /// A Service of any type, with a TCP and a UDP port of the same number
@@ -80,8 +47,7 @@ pub struct ServiceSpec {
     pub health_check_node_port: Option<u16>,
     /// `sessionAffinity: ClientIP` with this timeout in seconds.
     pub session_affinity: Option<u32>,
-    /// (address, node name) of ready endpoints.
-    pub endpoints: Vec<(Ipv4Addr, String)>,
+    pub endpoints: Vec<EndpointSpec>,
 }
 
 impl ServiceSpec {
@@ -94,8 +60,13 @@ impl ServiceSpec {
         }
     }
 
+    /// Adds a ready endpoint on `node`.
     pub fn endpoint(mut self, addr: Ipv4Addr, node: &str) -> Self {
-        self.endpoints.push((addr, node.into()));
+        self.endpoints.push(EndpointSpec {
+            addr,
+            node: Some(node.into()),
+            ready: true,
+        });
         self
     }
 
@@ -138,9 +109,12 @@ impl ServiceSpec {
             format!("status:\n  loadBalancer:\n    ingress: [{}]\n", ingress.join(", "))
         };
         let mut eps = String::new();
-        for (addr, node) in &self.endpoints {
+        for ep in &self.endpoints {
+            let node = ep.node.as_ref().map(|n| format!("  nodeName: {n}\n")).unwrap_or_default();
             eps.push_str(&format!(
-                "- addresses: [\"{addr}\"]\n  nodeName: {node}\n  conditions:\n    ready: true\n    serving: true\n    terminating: false\n"
+                "- addresses: [\"{}\"]\n{node}  conditions:\n    ready: {ready}\n    serving: {ready}\n    terminating: false\n",
+                ep.addr,
+                ready = ep.ready
             ));
         }
         if eps.is_empty() {
