@@ -10,12 +10,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::datapath::{self, PinLayout, PinnedMaps};
-use crate::diff::diff;
-use crate::model::{self, Cidr, Config};
+use crate::diff::{diff, diff_touched};
+use crate::model::{self, Cidr, Config, LiveModel};
 use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
-use crate::source::{self, yaml_dir, Snapshot};
-use crate::tables::{self, Ids, Tables};
+use crate::source::{self, yaml_dir, Changes};
+use crate::tables::{Ids, LiveTables, Tables};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -77,8 +77,10 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     source.wait_ready().await?;
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
-        match source.read() {
-            Ok((snapshot, skipped)) => sync.run(&mut maps, &snapshot, &config, skipped),
+        // A new node address or zone changes every Service's frontends.
+        let node_changed = &config != sync.model.config();
+        match source.read(node_changed) {
+            Ok((changes, skipped)) => sync.run(&mut maps, changes, &config, skipped),
             Err(error) => tracing::warn!(%error, "reading the source failed; keeping what is programmed"),
         }
         tokio::select! {
@@ -127,7 +129,7 @@ impl Source {
     async fn wait_ready(&self) -> anyhow::Result<()> {
         if let Source::Kube(kube) = self {
             let started = Instant::now();
-            kube.wait_ready().await?;
+            kube.wait_ready().await;
             tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "initial list complete");
         }
         Ok(())
@@ -167,10 +169,14 @@ impl Source {
         }
     }
 
-    fn read(&self) -> anyhow::Result<(Snapshot, Vec<Skipped>)> {
+    /// What changed since the last read; everything when `all`.
+    fn read(&self, all: bool) -> anyhow::Result<(Changes, Vec<Skipped>)> {
         match self {
-            Source::Dir { path, .. } => Ok(yaml_dir::read(path)?),
-            Source::Kube(kube) => Ok((kube.snapshot(), Vec::new())),
+            Source::Dir { path, .. } => {
+                let (snapshot, skipped) = yaml_dir::read(path)?;
+                Ok((Changes::All(snapshot), skipped))
+            }
+            Source::Kube(kube) => Ok((kube.take_changes(all), Vec::new())),
         }
     }
 }
@@ -196,10 +202,13 @@ fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>
     }))
 }
 
-/// What the agent believes the maps hold.
+/// What the agent believes the maps hold, and the model and tables it
+/// wants there, both kept up to date one Service at a time.
 struct Sync {
     current: Tables,
-    ids: Ids,
+    model: LiveModel,
+    tables: LiveTables,
+    /// A write failed: retry, and compare every entry, not only the changed.
     needs_retry: bool,
     /// Logged once when they first appear, not on every sync.
     last_skipped: Vec<Skipped>,
@@ -215,7 +224,8 @@ impl Sync {
             "adopted pinned datapath state"
         );
         Ok(Sync {
-            ids: Ids::adopt(&current),
+            model: LiveModel::default(),
+            tables: LiveTables::new(Ids::adopt(&current)),
             current,
             needs_retry: false,
             last_skipped: Vec::new(),
@@ -223,19 +233,36 @@ impl Sync {
         })
     }
 
-    fn run(&mut self, maps: &mut PinnedMaps, snapshot: &Snapshot, config: &Config, mut skipped: Vec<Skipped>) {
+    fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) {
         let started = Instant::now();
-        let (model, model_skipped) = model::build(&snapshot.services, &snapshot.slices, config);
-        skipped.extend(model_skipped);
-        let (wanted, table_skipped) = tables::from_model(&model, &mut self.ids);
-        skipped.extend(table_skipped);
+        let full = matches!(changes, Changes::All(_));
+        let (changed, touched) = match changes {
+            Changes::All(snapshot) => {
+                let changed = self.model.replace_all(&snapshot.services, &snapshot.slices, config);
+                (changed.len(), self.tables.replace_all(self.model.model()))
+            }
+            Changes::Services(services) => {
+                let changed = self.model.update(&services);
+                (changed.len(), self.tables.update(self.model.model(), &changed))
+            }
+        };
+        skipped.extend(self.model.skipped());
+        skipped.extend(self.tables.skipped(self.model.model()));
         self.report_skipped(skipped);
 
-        let ops = diff(&self.current, &wanted);
+        let wanted = self.tables.tables();
+        let ops = if full || self.needs_retry {
+            diff(&self.current, wanted)
+        } else {
+            diff_touched(&self.current, wanted, &touched)
+        };
+        let planned = started.elapsed();
         let failures = maps.apply(&ops);
         self.generation += 1;
         if failures.is_empty() {
-            self.current = wanted;
+            for op in &ops {
+                self.current.apply(op);
+            }
             self.needs_retry = false;
         } else {
             for failure in &failures {
@@ -250,10 +277,13 @@ impl Sync {
         }
         tracing::info!(
             generation = self.generation,
+            full,
+            changed_frontends = changed,
             frontends = self.current.services.len(),
             backends = self.current.backends.len(),
             ops = ops.len(),
             failed = failures.len(),
+            plan_us = planned.as_micros() as u64,
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );

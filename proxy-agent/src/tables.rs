@@ -2,6 +2,8 @@
 //! hold, with ids that stay stable across syncs and agent restarts (conntrack
 //! entries name backends by id).
 
+mod live;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proxy_common::{
@@ -11,6 +13,8 @@ use proxy_common::{
 
 use crate::model::{Endpoint, Frontend, FrontendEntry, FrontendKind, Model, Protocol};
 use crate::skip::{SkipReason, Skipped};
+
+pub use live::{LiveTables, Touched};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
@@ -72,6 +76,19 @@ impl Ids {
         self.used_backends.insert(id);
         self.backends.insert(key, id);
         id
+    }
+
+    fn forget_service(&mut self, key: &ServiceKey) {
+        if let Some(id) = self.services.remove(key) {
+            self.used_services.remove(&id);
+        }
+    }
+
+    /// `backend` as [`identity`] gives it.
+    fn forget_backend(&mut self, backend: &Backend) {
+        if let Some(id) = self.backends.remove(backend) {
+            self.used_backends.remove(&id);
+        }
     }
 
     /// Forgets ids that the new tables no longer use.
@@ -155,6 +172,10 @@ pub fn service_value_flags(frontend: &Frontend, entry: &FrontendEntry) -> (u32, 
 
 /// Lays the model out as map entries. A frontend with more endpoints than a
 /// service may hold is left out whole (and reported) rather than truncated.
+///
+/// The agent keeps the same tables up to date with [`LiveTables`]; this
+/// whole-model version is the reference the tests hold it to.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
     let mut tables = Tables::default();
     let mut skipped = Vec::new();

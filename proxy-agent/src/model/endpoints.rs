@@ -54,19 +54,30 @@ impl Candidate {
 pub(super) fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
+        if let Some(service) = owner(slice) {
+            by_service.entry(service).or_default().push(slice);
         }
-        let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
-            continue;
-        };
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        by_service.entry((namespace, service.as_str())).or_default().push(slice);
     }
     for slices in by_service.values_mut() {
-        slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        sort_slices(slices);
     }
     by_service
+}
+
+/// The namespace and name of the Service an IPv4 slice belongs to (by its
+/// `kubernetes.io/service-name` label); None for slices the model ignores.
+pub fn owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let service = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some((slice.metadata.namespace.as_deref().unwrap_or("default"), service.as_str()))
+}
+
+/// The order a Service's slices are read in, so that the same endpoints
+/// come out whatever order the source lists them in.
+pub(super) fn sort_slices(slices: &mut [&EndpointSlice]) {
+    slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 }
 
 fn is_local(node_name: Option<&str>, config: &Config) -> bool {

@@ -1,30 +1,97 @@
 //! The Kubernetes API as a source: kube-rs watchers feeding reflector stores
 //! for Services, EndpointSlices and this node's Node, with kube-proxy's label
 //! selectors. Every change wakes the sync loop through one `Notify`, whose
-//! single stored permit coalesces a burst of events into one more sync.
+//! single stored permit coalesces a burst of events into one more sync, and
+//! names the Services it concerns, so the sync recomputes only those.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use super::Snapshot;
-use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+use super::{Changes, Snapshot};
+use crate::model::{
+    object_name, slice_owner, ServiceName, ServiceObjects, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+};
 
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     node: Store<Node>,
+    pending: Arc<Mutex<Pending>>,
     pub changed: Arc<Notify>,
+    /// Woken when a watch has first listed everything.
+    listed: Arc<Notify>,
+}
+
+/// What the watches saw change since the sync loop last looked. The stores
+/// are written before a change is noted here, so whatever the loop reads
+/// after taking the notes is at least as new as the notes.
+#[derive(Debug)]
+struct Pending {
+    /// Everything, at start and after a watch had to list again.
+    all: bool,
+    /// Which of the Service and EndpointSlice watches have listed once.
+    listed: [bool; 2],
+    services: HashSet<ServiceName>,
+    slices: SliceIndex,
+}
+
+/// Which EndpointSlices belong to which Service, by their
+/// `kubernetes.io/service-name` label. A slice whose label changes counts
+/// as a change of both Services.
+#[derive(Debug, Default)]
+struct SliceIndex {
+    by_service: HashMap<ServiceName, BTreeSet<String>>,
+    owner: HashMap<(String, String), ServiceName>,
+}
+
+impl SliceIndex {
+    fn from_store(store: &Store<EndpointSlice>) -> Self {
+        let mut index = SliceIndex::default();
+        for slice in store.state() {
+            index.apply(&slice);
+        }
+        index
+    }
+
+    /// Returns the Services whose slices changed.
+    fn apply(&mut self, slice: &EndpointSlice) -> [Option<ServiceName>; 2] {
+        let key = slice_key(slice);
+        let owner = slice_owner(slice).map(|(ns, name)| ServiceName::new(ns, name));
+        let old = self.remove(&key);
+        if let Some(owner) = &owner {
+            self.by_service.entry(owner.clone()).or_default().insert(key.1.clone());
+            self.owner.insert(key, owner.clone());
+        }
+        [old, owner]
+    }
+
+    fn remove(&mut self, key: &(String, String)) -> Option<ServiceName> {
+        let old = self.owner.remove(key)?;
+        if let Some(names) = self.by_service.get_mut(&old) {
+            names.remove(&key.1);
+            if names.is_empty() {
+                self.by_service.remove(&old);
+            }
+        }
+        Some(old)
+    }
+}
+
+fn slice_key(slice: &EndpointSlice) -> (String, String) {
+    let (namespace, name) = object_name(&slice.metadata);
+    (namespace, name)
 }
 
 /// A client from `--kubeconfig`, else the usual inference (KUBECONFIG,
@@ -55,41 +122,104 @@ fn service_selector(proxy_name: Option<&str>) -> String {
 impl KubeSource {
     pub fn start(client: Client, node_name: &str, proxy_name: Option<&str>) -> Self {
         let changed = Arc::new(Notify::new());
+        let listed = Arc::new(Notify::new());
+        let pending = Arc::new(Mutex::new(Pending {
+            all: true,
+            listed: [false; 2],
+            services: HashSet::new(),
+            slices: SliceIndex::default(),
+        }));
+        let (noted, first_list) = (pending.clone(), listed.clone());
         let services = spawn_reflector(
             Api::all(client.clone()),
             watcher::Config::default().labels(&service_selector(proxy_name)),
             changed.clone(),
             "services",
+            move |event, _| {
+                let mut pending = lock(&noted);
+                match event {
+                    watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
+                        pending.services.insert(ServiceName::of(svc));
+                    }
+                    watcher::Event::InitDone => pending.list_done(0, &first_list),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                }
+            },
         );
+        let (noted, first_list) = (pending.clone(), listed.clone());
         let slices = spawn_reflector(
             Api::all(client.clone()),
             watcher::Config::default().labels(&format!("{LABEL_SERVICE_NAME},!{LABEL_HEADLESS}")),
             changed.clone(),
             "endpointslices",
+            move |event, store| {
+                let mut pending = lock(&noted);
+                let pending = &mut *pending;
+                let owners = match event {
+                    watcher::Event::Apply(slice) => pending.slices.apply(slice),
+                    watcher::Event::Delete(slice) => [pending.slices.remove(&slice_key(slice)), None],
+                    watcher::Event::InitDone => {
+                        pending.slices = SliceIndex::from_store(store);
+                        pending.list_done(1, &first_list);
+                        return;
+                    }
+                    watcher::Event::Init | watcher::Event::InitApply(_) => return,
+                };
+                pending.services.extend(owners.into_iter().flatten());
+            },
         );
         let node = spawn_reflector(
             Api::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             changed.clone(),
             "node",
+            |_, _| {},
         );
         KubeSource {
             services,
             slices,
             node,
+            pending,
             changed,
+            listed,
         }
     }
 
     /// Waits for the first complete list of Services and EndpointSlices: a
     /// sync before that would withdraw every Service not yet listed.
-    pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        self.services.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
-        Ok(())
+    pub async fn wait_ready(&self) {
+        while lock(&self.pending).listed != [true; 2] {
+            self.listed.notified().await;
+        }
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    /// What changed since the last call: everything the first time, after a
+    /// watch listed again, or when `all` asks for it (the node changed).
+    pub fn take_changes(&self, all: bool) -> Changes {
+        let mut pending = lock(&self.pending);
+        let names = std::mem::take(&mut pending.services);
+        if all || std::mem::take(&mut pending.all) {
+            return Changes::All(self.snapshot());
+        }
+        let changed = names
+            .into_iter()
+            .map(|name| {
+                let service = self.services.get(&ObjectRef::new(&name.name).within(&name.namespace));
+                let slices = pending
+                    .slices
+                    .by_service
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|slice| self.slices.get(&ObjectRef::new(slice).within(&name.namespace)))
+                    .collect();
+                ServiceObjects { name, service, slices }
+            })
+            .collect();
+        Changes::Services(changed)
+    }
+
+    fn snapshot(&self) -> Snapshot {
         Snapshot {
             services: self.services.state(),
             slices: self.slices.state(),
@@ -102,21 +232,53 @@ impl KubeSource {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>, what: &'static str) -> Store<K>
+impl Pending {
+    /// A watch has listed everything: the first time, the first sync
+    /// (which takes everything anyway) may go; later, after a relist, the
+    /// next sync must look at everything again.
+    fn list_done(&mut self, watch: usize, first_list: &Notify) {
+        if std::mem::replace(&mut self.listed[watch], true) {
+            self.all = true;
+        } else {
+            first_list.notify_one();
+        }
+    }
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a watch into a store. `note` sees each event after the store has
+/// taken it; then the sync loop is woken. Managed fields are dropped on
+/// arrival: nothing reads them and they are often most of an object.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    what: &'static str,
+    mut note: impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
+    let store = reader.clone();
     tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        let events = watcher(api, config)
+            .default_backoff()
+            .modify(|object| object.meta_mut().managed_fields = None);
+        let stream = reflector::reflector(writer, events);
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
-                    changed.notify_one();
+                Ok(event) => {
+                    note(&event, &store);
+                    if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) {
+                        changed.notify_one();
+                    }
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(error) => {
                     // The store keeps its last state, and the maps keep what
                     // was programmed from it, until the watch is back.

@@ -1,0 +1,200 @@
+//! The tables kept up to date one frontend at a time, for the frontends the
+//! model says changed. Equal to [`from_model`](super::from_model) over the
+//! whole model, ids included, as long as ids are handed out in the same
+//! order: the frontends in order, each one's endpoints in order, new users
+//! of a backend counted before old ones let go (so a backend that moves from
+//! one frontend to another within one change keeps its id, as it does when
+//! everything is laid out again).
+
+use std::collections::{BTreeSet, HashMap};
+
+use proxy_common::{maps::MAX_BACKENDS_PER_SERVICE, Backend, BackendSlotKey, ServiceKey, ServiceValue};
+
+use proxy_common::maps::backend_flags;
+
+use super::{backend_entry, identity, service_key, service_value_flags, Ids, Tables};
+use crate::model::{Frontend, Model};
+use crate::skip::{SkipReason, Skipped};
+
+/// The keys whose entries may differ from before: what a diff needs to look at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<ServiceKey>,
+    pub slots: BTreeSet<BackendSlotKey>,
+    pub backends: BTreeSet<u32>,
+}
+
+/// How many frontends use a backend, and how many of them see it local or
+/// terminating: its flags are those of every view, as in `from_model`.
+#[derive(Clone, Copy, Debug)]
+struct Users {
+    identity: Backend,
+    all: u32,
+    local: u32,
+    terminating: u32,
+}
+
+impl Users {
+    fn count(&mut self, flags: u8, by: i32) {
+        let add = |n: &mut u32, on: bool| {
+            if on {
+                *n = n.saturating_add_signed(by);
+            }
+        };
+        add(&mut self.all, true);
+        add(&mut self.local, flags & backend_flags::LOCAL != 0);
+        add(&mut self.terminating, flags & backend_flags::TERMINATING != 0);
+    }
+
+    fn entry(&self) -> Backend {
+        let mut flags = 0;
+        if self.local > 0 {
+            flags |= backend_flags::LOCAL;
+        }
+        if self.terminating > 0 {
+            flags |= backend_flags::TERMINATING;
+        }
+        Backend { flags, ..self.identity }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LiveTables {
+    tables: Tables,
+    ids: Ids,
+    /// Each laid-out frontend's backends by slot, with the flags it sees.
+    layouts: HashMap<ServiceKey, Vec<(u32, u8)>>,
+    users: HashMap<u32, Users>,
+    /// Frontends left out for having too many endpoints.
+    oversized: BTreeSet<Frontend>,
+}
+
+impl LiveTables {
+    /// Ids as the pinned maps hold them (see [`Ids::adopt`]).
+    pub fn new(ids: Ids) -> Self {
+        LiveTables {
+            ids,
+            ..LiveTables::default()
+        }
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Lays out the whole model again; ids no entry uses any more are
+    /// forgotten, as `from_model` does. Every key, old or new, is touched.
+    pub fn replace_all(&mut self, model: &Model) -> Touched {
+        let ids = std::mem::take(&mut self.ids);
+        let old = std::mem::replace(self, LiveTables::new(ids)).tables;
+        let mut touched = self.update(model, &model.frontends.keys().copied().collect());
+        self.ids.retain(&self.tables);
+        touched.services.extend(old.services.into_keys());
+        touched.slots.extend(old.slots.into_keys());
+        touched.backends.extend(old.backends.into_keys());
+        touched
+    }
+
+    /// Brings the entries of `changed` frontends in line with `model`.
+    pub fn update(&mut self, model: &Model, changed: &BTreeSet<Frontend>) -> Touched {
+        let mut touched = Touched::default();
+        let old: Vec<(ServiceKey, Option<Vec<(u32, u8)>>)> = changed
+            .iter()
+            .map(|f| {
+                let key = service_key(f);
+                (key, self.layouts.remove(&key))
+            })
+            .collect();
+        for frontend in changed {
+            self.oversized.remove(frontend);
+            if let Some(entry) = model.frontends.get(frontend) {
+                if entry.endpoints.len() > MAX_BACKENDS_PER_SERVICE as usize {
+                    self.oversized.insert(*frontend);
+                    continue;
+                }
+                let key = service_key(frontend);
+                let service_id = self.ids.service(key);
+                let mut layout = Vec::with_capacity(entry.endpoints.len());
+                for (slot, endpoint) in entry.endpoints.iter().enumerate() {
+                    let backend = backend_entry(endpoint, frontend.proto);
+                    let backend_id = self.ids.backend(backend);
+                    self.users
+                        .entry(backend_id)
+                        .or_insert(Users {
+                            identity: identity(&backend),
+                            all: 0,
+                            local: 0,
+                            terminating: 0,
+                        })
+                        .count(backend.flags, 1);
+                    let slot = BackendSlotKey {
+                        service_id,
+                        slot: slot as u32,
+                    };
+                    self.tables.slots.insert(slot, backend_id);
+                    touched.slots.insert(slot);
+                    touched.backends.insert(backend_id);
+                    layout.push((backend_id, backend.flags));
+                }
+                let (flags, affinity_timeout_s) = service_value_flags(frontend, entry);
+                let value = ServiceValue {
+                    service_id,
+                    count: layout.len() as u32,
+                    rev_nat_index: service_id,
+                    flags,
+                    affinity_timeout_s,
+                };
+                self.tables.services.insert(key, value);
+                touched.services.insert(key);
+                self.layouts.insert(key, layout);
+            }
+        }
+        for (key, layout) in old {
+            let Some(layout) = layout else { continue };
+            let service_id = self.ids.services[&key];
+            let kept = self.layouts.get(&key).map_or(0, Vec::len);
+            for (slot, (backend_id, flags)) in layout.iter().enumerate() {
+                if let Some(users) = self.users.get_mut(backend_id) {
+                    users.count(*flags, -1);
+                }
+                touched.backends.insert(*backend_id);
+                if slot >= kept {
+                    let slot = BackendSlotKey {
+                        service_id,
+                        slot: slot as u32,
+                    };
+                    self.tables.slots.remove(&slot);
+                    touched.slots.insert(slot);
+                }
+            }
+            if !self.layouts.contains_key(&key) {
+                self.tables.services.remove(&key);
+                self.ids.forget_service(&key);
+                touched.services.insert(key);
+            }
+        }
+        for backend_id in &touched.backends {
+            let Some(users) = self.users.get(backend_id) else { continue };
+            if users.all == 0 {
+                self.ids.forget_backend(&users.identity);
+                self.users.remove(backend_id);
+                self.tables.backends.remove(backend_id);
+            } else {
+                self.tables.backends.insert(*backend_id, users.entry());
+            }
+        }
+        touched
+    }
+
+    /// Frontends left out for having more endpoints than a service may hold.
+    pub fn skipped(&self, model: &Model) -> Vec<Skipped> {
+        self.oversized
+            .iter()
+            .filter_map(|f| model.frontends.get(f))
+            .map(|entry| Skipped {
+                object: entry.service.to_string(),
+                reason: SkipReason::TooManyEndpoints,
+            })
+            .collect()
+    }
+}
