@@ -1,5 +1,6 @@
 //! Orchestration only: toolchain set-up, builds, the lab demo, test runs.
 
+mod bench_sync;
 mod demo;
 mod setup;
 mod workspace;
@@ -29,6 +30,8 @@ enum Command {
     Demo,
     /// Remove lab namespaces and mounts left by killed runs.
     LabClean,
+    /// Control-plane benchmark: API change -> pinned map latency, start-up sync, agent memory (root).
+    BenchSync(bench_sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             workspace::build()?;
             demo::run()
+        }
+        Command::BenchSync(args) => {
+            setup::run()?;
+            bench_sync::run(args)
         }
         Command::LabClean => {
             proxy_lab::lab::remove_stale_labs();
