@@ -22,30 +22,37 @@ pub enum Op {
 /// Every key of both tables.
 pub fn diff(old: &Tables, new: &Tables) -> Vec<Op> {
     let mut ops = Vec::new();
-    puts(&old.backends, &new.backends, new.backends.keys(), Op::PutBackend, &mut ops);
-    puts(&old.slots, &new.slots, new.slots.keys(), Op::PutSlot, &mut ops);
-    puts(&old.services, &new.services, new.services.keys(), Op::PutService, &mut ops);
-    deletes(&old.services, &new.services, old.services.keys(), Op::DeleteService, &mut ops);
-    deletes(&old.slots, &new.slots, old.slots.keys(), Op::DeleteSlot, &mut ops);
-    deletes(&old.backends, &new.backends, old.backends.keys(), Op::DeleteBackend, &mut ops);
+    puts(|k| old.backends.get(k), &new.backends, new.backends.keys(), Op::PutBackend, &mut ops);
+    puts(|k| old.slots.get(k), &new.slots, new.slots.keys(), Op::PutSlot, &mut ops);
+    puts(|k| old.services.get(k), &new.services, new.services.keys(), Op::PutService, &mut ops);
+    deletes(&new.services, old.services.keys(), Op::DeleteService, &mut ops);
+    deletes(&new.slots, old.slots.keys(), Op::DeleteSlot, &mut ops);
+    deletes(&new.backends, old.backends.keys(), Op::DeleteBackend, &mut ops);
     ops
 }
 
-/// Only the `touched` keys: the same ops as [`diff`] when nothing else
-/// differs, at the cost of the change rather than of the tables.
-pub fn diff_touched(old: &Tables, new: &Tables, touched: &Touched) -> Vec<Op> {
+/// Only the `touched` entries, from what they held before: the same ops as
+/// [`diff`] when nothing else changed, at the cost of the change rather
+/// than of the tables.
+pub fn diff_touched(touched: &Touched, new: &Tables) -> Vec<Op> {
     let mut ops = Vec::new();
-    puts(&old.backends, &new.backends, touched.backends.iter(), Op::PutBackend, &mut ops);
-    puts(&old.slots, &new.slots, touched.slots.iter(), Op::PutSlot, &mut ops);
-    puts(&old.services, &new.services, touched.services.iter(), Op::PutService, &mut ops);
-    deletes(&old.services, &new.services, touched.services.iter(), Op::DeleteService, &mut ops);
-    deletes(&old.slots, &new.slots, touched.slots.iter(), Op::DeleteSlot, &mut ops);
-    deletes(&old.backends, &new.backends, touched.backends.iter(), Op::DeleteBackend, &mut ops);
+    puts(|k| touched.backends[k].as_ref(), &new.backends, touched.backends.keys(), Op::PutBackend, &mut ops);
+    puts(|k| touched.slots[k].as_ref(), &new.slots, touched.slots.keys(), Op::PutSlot, &mut ops);
+    puts(|k| touched.services[k].as_ref(), &new.services, touched.services.keys(), Op::PutService, &mut ops);
+    deletes(&new.services, existed(&touched.services), Op::DeleteService, &mut ops);
+    deletes(&new.slots, existed(&touched.slots), Op::DeleteSlot, &mut ops);
+    deletes(&new.backends, existed(&touched.backends), Op::DeleteBackend, &mut ops);
     ops
 }
 
-fn puts<'a, K: Ord + Copy + 'a, V: PartialEq + Copy>(
-    old: &BTreeMap<K, V>,
+/// The touched keys that held something before.
+fn existed<K, V>(touched: &BTreeMap<K, Option<V>>) -> impl Iterator<Item = &K> {
+    touched.iter().filter(|(_, old)| old.is_some()).map(|(key, _)| key)
+}
+
+/// Puts for the `keys` whose new value is not the old one.
+fn puts<'a, K: Ord + Copy + 'a, V: PartialEq + Copy + 'a>(
+    old: impl Fn(&K) -> Option<&'a V>,
     new: &BTreeMap<K, V>,
     keys: impl Iterator<Item = &'a K>,
     op: fn(K, V) -> Op,
@@ -53,37 +60,23 @@ fn puts<'a, K: Ord + Copy + 'a, V: PartialEq + Copy>(
 ) {
     for key in keys {
         if let Some(value) = new.get(key) {
-            if old.get(key) != Some(value) {
+            if old(key) != Some(value) {
                 ops.push(op(*key, *value));
             }
         }
     }
 }
 
+/// Deletes for the `keys` (each present before) that the new tables lack.
 fn deletes<'a, K: Ord + Copy + 'a, V>(
-    old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
     keys: impl Iterator<Item = &'a K>,
     op: fn(K) -> Op,
     ops: &mut Vec<Op>,
 ) {
     for key in keys {
-        if old.contains_key(key) && !new.contains_key(key) {
+        if !new.contains_key(key) {
             ops.push(op(*key));
-        }
-    }
-}
-
-impl Tables {
-    /// What the maps hold after `op` succeeded.
-    pub fn apply(&mut self, op: &Op) {
-        match op {
-            Op::PutBackend(id, backend) => drop(self.backends.insert(*id, *backend)),
-            Op::PutSlot(key, id) => drop(self.slots.insert(*key, *id)),
-            Op::PutService(key, value) => drop(self.services.insert(*key, *value)),
-            Op::DeleteService(key) => drop(self.services.remove(key)),
-            Op::DeleteSlot(key) => drop(self.slots.remove(key)),
-            Op::DeleteBackend(id) => drop(self.backends.remove(id)),
         }
     }
 }

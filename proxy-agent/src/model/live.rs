@@ -10,16 +10,15 @@
 //! this over random change sequences); what it adds is the set of frontends
 //! whose entry changed, so the tables and the diff can stay incremental too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{
     claim, duplicate_skip, endpoints, is_duplicate, node_port_ips, object_name, service_fragment, Claim, Config,
-    Frontend, Model, ServiceFragment,
+    Frontend, Model, ServiceFragment, Slice,
 };
 use crate::skip::Skipped;
 
@@ -49,16 +48,33 @@ impl ServiceName {
 pub struct ServiceObjects {
     pub name: ServiceName,
     pub service: Option<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub slices: Vec<Arc<Slice>>,
 }
 
 /// Who asks for one claim, in the order that decides who gets it.
 #[derive(Debug, Default)]
 struct Claimants {
-    /// (Service, index in its fragment) -> the frontend it asks for.
-    by_order: BTreeMap<(ServiceName, usize), Frontend>,
+    /// (Service, index in its fragment) and the frontend it asks for,
+    /// sorted. Nearly always one entry, so a vector, not a tree (whose
+    /// smallest node would be most of the memory per Service).
+    by_order: Vec<((ServiceName, usize), Frontend)>,
     /// The frontend in the model for this claim.
     holder: Option<Frontend>,
+}
+
+impl Claimants {
+    fn insert(&mut self, who: (ServiceName, usize), frontend: Frontend) {
+        match self.by_order.binary_search_by(|(w, _)| w.cmp(&who)) {
+            Ok(at) => self.by_order[at].1 = frontend,
+            Err(at) => self.by_order.insert(at, (who, frontend)),
+        }
+    }
+
+    fn remove(&mut self, who: &(ServiceName, usize)) {
+        if let Ok(at) = self.by_order.binary_search_by(|(w, _)| w.cmp(who)) {
+            self.by_order.remove(at);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +84,10 @@ pub struct LiveModel {
     fragments: HashMap<ServiceName, ServiceFragment>,
     claims: HashMap<Claim, Claimants>,
     model: Model,
+    /// [`LiveModel::skipped`] as last collected; None once a change may
+    /// have changed it. Most changes concern Services with nothing
+    /// skipped, and collecting means visiting every Service.
+    skipped: Option<Vec<Skipped>>,
 }
 
 impl LiveModel {
@@ -84,7 +104,7 @@ impl LiveModel {
     pub fn replace_all(
         &mut self,
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<Slice>],
         config: &Config,
     ) -> BTreeSet<Frontend> {
         let old = std::mem::take(self);
@@ -115,7 +135,7 @@ impl LiveModel {
     pub fn update(&mut self, changed: &[ServiceObjects]) -> BTreeSet<Frontend> {
         let mut touched = HashSet::new();
         for objects in changed {
-            let mut slices: Vec<&EndpointSlice> = objects
+            let mut slices: Vec<&Slice> = objects
                 .slices
                 .iter()
                 .map(|s| &**s)
@@ -132,7 +152,14 @@ impl LiveModel {
     }
 
     /// Everything left out, in no particular order.
-    pub fn skipped(&self) -> Vec<Skipped> {
+    pub fn skipped(&mut self) -> &[Skipped] {
+        if self.skipped.is_none() {
+            self.skipped = Some(self.collect_skipped());
+        }
+        self.skipped.as_deref().unwrap_or_default()
+    }
+
+    fn collect_skipped(&self) -> Vec<Skipped> {
         let mut skipped: Vec<Skipped> = self.fragments.values().flat_map(|f| f.skipped.iter().cloned()).collect();
         for claimants in self.claims.values() {
             let Some(holder) = claimants.holder else { continue };
@@ -150,24 +177,33 @@ impl LiveModel {
     /// Replaces one Service's fragment (an empty one removes it), noting
     /// the claims whose claimants changed.
     fn set_fragment(&mut self, name: ServiceName, fragment: ServiceFragment, touched: &mut HashSet<Claim>) {
+        // Skips change with a fragment that has some, or with a claim that
+        // has (or had) more than one claimant.
+        let mut skips_changed = !fragment.skipped.is_empty();
         if let Some(old) = self.fragments.remove(&name) {
+            skips_changed |= !old.skipped.is_empty();
             for (i, (frontend, _)) in old.frontends.iter().enumerate() {
                 let c = claim(frontend);
                 if let Some(claimants) = self.claims.get_mut(&c) {
-                    claimants.by_order.remove(&(name.clone(), i));
+                    claimants.remove(&(name.clone(), i));
+                    skips_changed |= !claimants.by_order.is_empty();
                 }
                 touched.insert(c);
             }
         }
-        if fragment == ServiceFragment::default() {
-            return;
+        if fragment != ServiceFragment::default() {
+            for (i, (frontend, _)) in fragment.frontends.iter().enumerate() {
+                let c = claim(frontend);
+                let claimants = self.claims.entry(c).or_default();
+                claimants.insert((name.clone(), i), *frontend);
+                skips_changed |= claimants.by_order.len() > 1;
+                touched.insert(c);
+            }
+            self.fragments.insert(name, fragment);
         }
-        for (i, (frontend, _)) in fragment.frontends.iter().enumerate() {
-            let c = claim(frontend);
-            self.claims.entry(c).or_default().by_order.insert((name.clone(), i), *frontend);
-            touched.insert(c);
+        if skips_changed {
+            self.skipped = None;
         }
-        self.fragments.insert(name, fragment);
     }
 
     /// Gives each touched claim to its first claimant and brings the model
@@ -178,7 +214,7 @@ impl LiveModel {
             let Some(claimants) = self.claims.get_mut(&c) else { continue };
             let winner = claimants
                 .by_order
-                .first_key_value()
+                .first()
                 .map(|((name, i), frontend)| (*frontend, &self.fragments[name].frontends[*i].1));
             let old_holder = claimants.holder.take();
             if let Some(old) = old_holder {

@@ -12,6 +12,7 @@ mod endpoints;
 mod live;
 mod node;
 mod service;
+mod slice;
 mod topology;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ pub use node::node_config_from;
 pub use endpoints::owner as slice_owner;
 pub use live::{LiveModel, ServiceName, ServiceObjects};
 pub use node::{node_port_ips, Cidr};
+pub use slice::Slice;
 
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -222,7 +224,8 @@ pub struct Model {
 /// hold it to.
 #[cfg_attr(not(test), allow(dead_code))]
 pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &Config) -> (Model, Vec<Skipped>) {
-    let slices_by_service = endpoints::index_slices(slices);
+    let slices: Vec<Arc<Slice>> = slices.iter().map(|s| Arc::new(Slice::from(&**s))).collect();
+    let slices_by_service = endpoints::index_slices(&slices);
     let node_port_ips = node::node_port_ips(config);
     let mut builder = Builder::default();
 
@@ -263,7 +266,7 @@ pub struct ServiceFragment {
 /// name, `node_port_ips` what [`node_port_ips`] says for `config`.
 pub fn service_fragment(
     svc: &Service,
-    slices: &[&EndpointSlice],
+    slices: &[&Slice],
     config: &Config,
     node_port_ips: &[Ipv4Addr],
 ) -> ServiceFragment {

@@ -4,7 +4,8 @@
 //! single stored permit coalesces a burst of events into one more sync, and
 //! names the Services it concerns, so the sync recomputes only those.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -13,20 +14,21 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use super::{Changes, Snapshot};
+use super::Changes;
 use crate::model::{
-    object_name, slice_owner, ServiceName, ServiceObjects, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+    object_name, slice_owner, ServiceName, ServiceObjects, Slice, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
 };
 
 pub struct KubeSource {
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    slices: Store<Slice>,
     node: Store<Node>,
     pending: Arc<Mutex<Pending>>,
     pub changed: Arc<Notify>,
@@ -41,8 +43,8 @@ pub struct KubeSource {
 struct Pending {
     /// Everything, at start and after a watch had to list again.
     all: bool,
-    /// Which of the Service and EndpointSlice watches have listed once.
-    listed: [bool; 2],
+    /// Which of the Service, EndpointSlice and Node watches have listed once.
+    listed: [bool; 3],
     services: HashSet<ServiceName>,
     slices: SliceIndex,
 }
@@ -52,12 +54,13 @@ struct Pending {
 /// as a change of both Services.
 #[derive(Debug, Default)]
 struct SliceIndex {
-    by_service: HashMap<ServiceName, BTreeSet<String>>,
+    /// Slice names; a vector, as a Service nearly always has one or two.
+    by_service: HashMap<ServiceName, Vec<String>>,
     owner: HashMap<(String, String), ServiceName>,
 }
 
 impl SliceIndex {
-    fn from_store(store: &Store<EndpointSlice>) -> Self {
+    fn from_store(store: &Store<Slice>) -> Self {
         let mut index = SliceIndex::default();
         for slice in store.state() {
             index.apply(&slice);
@@ -66,12 +69,12 @@ impl SliceIndex {
     }
 
     /// Returns the Services whose slices changed.
-    fn apply(&mut self, slice: &EndpointSlice) -> [Option<ServiceName>; 2] {
+    fn apply(&mut self, slice: &Slice) -> [Option<ServiceName>; 2] {
         let key = slice_key(slice);
         let owner = slice_owner(slice).map(|(ns, name)| ServiceName::new(ns, name));
         let old = self.remove(&key);
         if let Some(owner) = &owner {
-            self.by_service.entry(owner.clone()).or_default().insert(key.1.clone());
+            self.by_service.entry(owner.clone()).or_default().push(key.1.clone());
             self.owner.insert(key, owner.clone());
         }
         [old, owner]
@@ -80,7 +83,7 @@ impl SliceIndex {
     fn remove(&mut self, key: &(String, String)) -> Option<ServiceName> {
         let old = self.owner.remove(key)?;
         if let Some(names) = self.by_service.get_mut(&old) {
-            names.remove(&key.1);
+            names.retain(|name| *name != key.1);
             if names.is_empty() {
                 self.by_service.remove(&old);
             }
@@ -89,7 +92,7 @@ impl SliceIndex {
     }
 }
 
-fn slice_key(slice: &EndpointSlice) -> (String, String) {
+fn slice_key(slice: &Slice) -> (String, String) {
     let (namespace, name) = object_name(&slice.metadata);
     (namespace, name)
 }
@@ -125,7 +128,7 @@ impl KubeSource {
         let listed = Arc::new(Notify::new());
         let pending = Arc::new(Mutex::new(Pending {
             all: true,
-            listed: [false; 2],
+            listed: [false; 3],
             services: HashSet::new(),
             slices: SliceIndex::default(),
         }));
@@ -168,12 +171,17 @@ impl KubeSource {
                 pending.services.extend(owners.into_iter().flatten());
             },
         );
+        let (noted, first_list) = (pending.clone(), listed.clone());
         let node = spawn_reflector(
             Api::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             changed.clone(),
             "node",
-            |_, _| {},
+            move |event, _| {
+                if let watcher::Event::InitDone = event {
+                    lock(&noted).list_done(2, &first_list);
+                }
+            },
         );
         KubeSource {
             services,
@@ -185,10 +193,12 @@ impl KubeSource {
         }
     }
 
-    /// Waits for the first complete list of Services and EndpointSlices: a
-    /// sync before that would withdraw every Service not yet listed.
+    /// Waits for the first complete list of Services, EndpointSlices and
+    /// this Node: a sync before that would withdraw every Service not yet
+    /// listed, or lay everything out twice, once without the node's
+    /// addresses and zone.
     pub async fn wait_ready(&self) {
-        while lock(&self.pending).listed != [true; 2] {
+        while lock(&self.pending).listed != [true; 3] {
             self.listed.notified().await;
         }
     }
@@ -198,8 +208,9 @@ impl KubeSource {
     pub fn take_changes(&self, all: bool) -> Changes {
         let mut pending = lock(&self.pending);
         let names = std::mem::take(&mut pending.services);
-        if all || std::mem::take(&mut pending.all) {
-            return Changes::All(self.snapshot());
+        let relisted = std::mem::take(&mut pending.all);
+        if all || relisted {
+            return self.snapshot();
         }
         let changed = names
             .into_iter()
@@ -219,8 +230,8 @@ impl KubeSource {
         Changes::Services(changed)
     }
 
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    fn snapshot(&self) -> Changes {
+        Changes::All {
             services: self.services.state(),
             slices: self.slices.state(),
         }
@@ -238,6 +249,7 @@ impl Pending {
     /// next sync must look at everything again.
     fn list_done(&mut self, watch: usize, first_list: &Notify) {
         if std::mem::replace(&mut self.listed[watch], true) {
+            tracing::info!(watch = ["services", "endpointslices", "node"][watch], "listed again; the next sync looks at everything");
             self.all = true;
         } else {
             first_list.notify_one();
@@ -249,9 +261,47 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Drops what the model never reads from an object's metadata: managed
+/// fields and annotations are often most of an object.
+fn trim(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.generate_name = None;
+    meta.generation = None;
+}
+
+/// The watch asks for EndpointSlices and keeps only what the model reads.
+impl Resource for Slice {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// Runs a watch into a store. `note` sees each event after the store has
-/// taken it; then the sync loop is woken. Managed fields are dropped on
-/// arrival: nothing reads them and they are often most of an object.
+/// taken it; then the sync loop is woken. Managed fields are trimmed on
+/// arrival (see [`trim`]).
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -266,9 +316,7 @@ where
     let (reader, writer) = reflector::store();
     let store = reader.clone();
     tokio::spawn(async move {
-        let events = watcher(api, config)
-            .default_backoff()
-            .modify(|object| object.meta_mut().managed_fields = None);
+        let events = watcher(api, config).default_backoff().modify(|object| trim(object.meta_mut()));
         let stream = reflector::reflector(writer, events);
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::model::ServiceObjects;
+use crate::model::{ServiceObjects, Slice};
 
 /// Everything a source currently knows. Shared with the source's stores, so
 /// taking a snapshot for a sync copies pointers, not objects.
@@ -21,7 +21,7 @@ pub struct Snapshot {
 /// What a sync has to look at.
 pub enum Changes {
     /// Everything the source holds.
-    All(Snapshot),
+    All { services: Vec<Arc<Service>>, slices: Vec<Arc<Slice>> },
     /// These Services' objects as they are now; nothing else changed.
     Services(Vec<ServiceObjects>),
 }

@@ -6,22 +6,36 @@
 //! one frontend to another within one change keeps its id, as it does when
 //! everything is laid out again).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proxy_common::{maps::MAX_BACKENDS_PER_SERVICE, Backend, BackendSlotKey, ServiceKey, ServiceValue};
 
 use proxy_common::maps::backend_flags;
 
 use super::{backend_entry, identity, service_key, service_value_flags, Ids, Tables};
-use crate::model::{Frontend, Model};
+use crate::model::{Frontend, FrontendEntry, Model};
 use crate::skip::{SkipReason, Skipped};
 
-/// The keys whose entries may differ from before: what a diff needs to look at.
+/// The entries an update may have changed, with what they held before it
+/// (None: absent): all a diff needs, so the agent keeps no second copy of
+/// the tables to diff against.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub services: BTreeSet<ServiceKey>,
-    pub slots: BTreeSet<BackendSlotKey>,
-    pub backends: BTreeSet<u32>,
+    pub services: BTreeMap<ServiceKey, Option<ServiceValue>>,
+    pub slots: BTreeMap<BackendSlotKey, Option<u32>>,
+    pub backends: BTreeMap<u32, Option<Backend>>,
+}
+
+impl Touched {
+    fn service(&mut self, tables: &Tables, key: ServiceKey) {
+        self.services.entry(key).or_insert_with(|| tables.services.get(&key).copied());
+    }
+    fn slot(&mut self, tables: &Tables, key: BackendSlotKey) {
+        self.slots.entry(key).or_insert_with(|| tables.slots.get(&key).copied());
+    }
+    fn backend(&mut self, tables: &Tables, id: u32) {
+        self.backends.entry(id).or_insert_with(|| tables.backends.get(&id).copied());
+    }
 }
 
 /// How many frontends use a backend, and how many of them see it local or
@@ -83,16 +97,19 @@ impl LiveTables {
     }
 
     /// Lays out the whole model again; ids no entry uses any more are
-    /// forgotten, as `from_model` does. Every key, old or new, is touched.
-    pub fn replace_all(&mut self, model: &Model) -> Touched {
+    /// forgotten, as `from_model` does. Returns the tables before, for a
+    /// diff of every entry.
+    pub fn replace_all(&mut self, model: &Model) -> Tables {
         let ids = std::mem::take(&mut self.ids);
         let old = std::mem::replace(self, LiveTables::new(ids)).tables;
-        let mut touched = self.update(model, &model.frontends.keys().copied().collect());
+        for (frontend, entry) in &model.frontends {
+            self.lay_out(frontend, entry, None);
+        }
+        for (backend_id, users) in &self.users {
+            self.tables.backends.insert(*backend_id, users.entry());
+        }
         self.ids.retain(&self.tables);
-        touched.services.extend(old.services.into_keys());
-        touched.slots.extend(old.slots.into_keys());
-        touched.backends.extend(old.backends.into_keys());
-        touched
+        old
     }
 
     /// Brings the entries of `changed` frontends in line with `model`.
@@ -106,47 +123,10 @@ impl LiveTables {
             })
             .collect();
         for frontend in changed {
-            self.oversized.remove(frontend);
             if let Some(entry) = model.frontends.get(frontend) {
-                if entry.endpoints.len() > MAX_BACKENDS_PER_SERVICE as usize {
-                    self.oversized.insert(*frontend);
-                    continue;
-                }
-                let key = service_key(frontend);
-                let service_id = self.ids.service(key);
-                let mut layout = Vec::with_capacity(entry.endpoints.len());
-                for (slot, endpoint) in entry.endpoints.iter().enumerate() {
-                    let backend = backend_entry(endpoint, frontend.proto);
-                    let backend_id = self.ids.backend(backend);
-                    self.users
-                        .entry(backend_id)
-                        .or_insert(Users {
-                            identity: identity(&backend),
-                            all: 0,
-                            local: 0,
-                            terminating: 0,
-                        })
-                        .count(backend.flags, 1);
-                    let slot = BackendSlotKey {
-                        service_id,
-                        slot: slot as u32,
-                    };
-                    self.tables.slots.insert(slot, backend_id);
-                    touched.slots.insert(slot);
-                    touched.backends.insert(backend_id);
-                    layout.push((backend_id, backend.flags));
-                }
-                let (flags, affinity_timeout_s) = service_value_flags(frontend, entry);
-                let value = ServiceValue {
-                    service_id,
-                    count: layout.len() as u32,
-                    rev_nat_index: service_id,
-                    flags,
-                    affinity_timeout_s,
-                };
-                self.tables.services.insert(key, value);
-                touched.services.insert(key);
-                self.layouts.insert(key, layout);
+                self.lay_out(frontend, entry, Some(&mut touched));
+            } else {
+                self.oversized.remove(frontend);
             }
         }
         for (key, layout) in old {
@@ -157,23 +137,23 @@ impl LiveTables {
                 if let Some(users) = self.users.get_mut(backend_id) {
                     users.count(*flags, -1);
                 }
-                touched.backends.insert(*backend_id);
+                touched.backend(&self.tables, *backend_id);
                 if slot >= kept {
                     let slot = BackendSlotKey {
                         service_id,
                         slot: slot as u32,
                     };
+                    touched.slot(&self.tables, slot);
                     self.tables.slots.remove(&slot);
-                    touched.slots.insert(slot);
                 }
             }
             if !self.layouts.contains_key(&key) {
+                touched.service(&self.tables, key);
                 self.tables.services.remove(&key);
                 self.ids.forget_service(&key);
-                touched.services.insert(key);
             }
         }
-        for backend_id in &touched.backends {
+        for backend_id in touched.backends.keys() {
             let Some(users) = self.users.get(backend_id) else { continue };
             if users.all == 0 {
                 self.ids.forget_backend(&users.identity);
@@ -184,6 +164,55 @@ impl LiveTables {
             }
         }
         touched
+    }
+
+    /// Writes one frontend's service value and slots and counts it as a
+    /// user of its backends (whose entries the caller writes).
+    fn lay_out(&mut self, frontend: &Frontend, entry: &FrontendEntry, mut touched: Option<&mut Touched>) {
+        self.oversized.remove(frontend);
+        if entry.endpoints.len() > MAX_BACKENDS_PER_SERVICE as usize {
+            self.oversized.insert(*frontend);
+            return;
+        }
+        let key = service_key(frontend);
+        let service_id = self.ids.service(key);
+        let mut layout = Vec::with_capacity(entry.endpoints.len());
+        for (slot, endpoint) in entry.endpoints.iter().enumerate() {
+            let backend = backend_entry(endpoint, frontend.proto);
+            let backend_id = self.ids.backend(backend);
+            self.users
+                .entry(backend_id)
+                .or_insert(Users {
+                    identity: identity(&backend),
+                    all: 0,
+                    local: 0,
+                    terminating: 0,
+                })
+                .count(backend.flags, 1);
+            let slot = BackendSlotKey {
+                service_id,
+                slot: slot as u32,
+            };
+            if let Some(touched) = touched.as_deref_mut() {
+                touched.slot(&self.tables, slot);
+                touched.backend(&self.tables, backend_id);
+            }
+            self.tables.slots.insert(slot, backend_id);
+            layout.push((backend_id, backend.flags));
+        }
+        let (flags, affinity_timeout_s) = service_value_flags(frontend, entry);
+        let value = ServiceValue {
+            service_id,
+            count: layout.len() as u32,
+            rev_nat_index: service_id,
+            flags,
+            affinity_timeout_s,
+        };
+        if let Some(touched) = touched {
+            touched.service(&self.tables, key);
+        }
+        self.tables.services.insert(key, value);
+        self.layouts.insert(key, layout);
     }
 
     /// Frontends left out for having more endpoints than a service may hold.

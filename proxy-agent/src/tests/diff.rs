@@ -33,6 +33,17 @@ fn phase(op: &Op) -> u8 {
     }
 }
 
+fn apply(tables: &mut Tables, op: &Op) {
+    match op {
+        Op::PutBackend(id, backend) => drop(tables.backends.insert(*id, *backend)),
+        Op::PutSlot(key, id) => drop(tables.slots.insert(*key, *id)),
+        Op::PutService(key, value) => drop(tables.services.insert(*key, *value)),
+        Op::DeleteService(key) => drop(tables.services.remove(key)),
+        Op::DeleteSlot(key) => drop(tables.slots.remove(key)),
+        Op::DeleteBackend(id) => drop(tables.backends.remove(id)),
+    }
+}
+
 /// Applies `diff(old, new)` one op at a time to a copy of `old`, as the
 /// datapath would see it, checking the invariant after every op.
 fn replay(old: &Tables, new: &Tables) -> Vec<Op> {
@@ -40,7 +51,7 @@ fn replay(old: &Tables, new: &Tables) -> Vec<Op> {
     let ops = diff(old, new);
     let mut maps = old.clone();
     for (i, op) in ops.iter().enumerate() {
-        maps.apply(op);
+        apply(&mut maps, op);
         if let Err(e) = check_invariant(&maps) {
             panic!("after op {i} {op:?}: {e}\nops: {ops:#?}");
         }

@@ -43,6 +43,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Changes made first and not counted: the first touches of cold code and
 /// memory in every process involved.
 pub const WARM_UP: usize = 5;
+/// Quiet time after the first sync before memory is read.
+const SETTLE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -59,13 +61,15 @@ pub struct SizeReport {
     pub endpoints_per_service: usize,
     /// Agent spawned -> first sync logged (maps programmed).
     pub startup: Duration,
-    /// What the agent logged: its initial list, and its first sync's
-    /// planning and total time.
+    /// What the agent logged: when its initial list was complete (since
+    /// the agent began), and its first sync's planning and total time.
     pub initial_list: Option<Duration>,
     pub first_sync_plan: Option<Duration>,
     pub first_sync: Option<Duration>,
     /// Entries in the service, slot and backend maps after start-up.
     pub map_entries: (usize, usize, usize),
+    /// Syncs the agent had made by then: 1 unless something woke it.
+    pub syncs_at_startup: u64,
     pub hwm_kib_startup: u64,
     pub rss_kib_startup: u64,
     pub hwm_kib_end: u64,
@@ -122,13 +126,16 @@ fn run_size(
             .own_log()
             .lines()
             .find(|l| l.contains("initial list complete"))
-            .and_then(|l| number(l, "elapsed_ms"))
+            .and_then(|l| number(l, "since_start_ms"))
             .map(Duration::from_millis),
         first_sync_plan: number(&first, "plan_us").map(Duration::from_micros),
         first_sync: number(&first, "elapsed_us").map(Duration::from_micros),
         ..SizeReport::default()
     };
+    // Memory once the first sync is over and nothing else is going on.
+    std::thread::sleep(SETTLE);
     (report.hwm_kib_startup, report.rss_kib_startup) = memory(&agent)?;
+    report.syncs_at_startup = agent.generations();
 
     let probe = Probe::open(&probe::maps_dir(&lab.nodes[0].bpffs))?;
     report.map_entries = probe.counts();
@@ -254,8 +261,8 @@ pub fn startup_details(reports: &[SizeReport]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{} Services: spawn->synced {} ms (agent: initial list {} ms, first sync {} ms of which planning {} ms); \
-                 maps {:?} (services, slots, backends); after start-up VmHWM {:.1} MiB VmRSS {:.1} MiB; \
+                "{} Services: spawn->synced {} ms (agent: list complete {} ms after it began, then first sync {} ms of which planning {} ms); \
+                 maps {:?} (services, slots, backends); {} sync(s) in the first 0.5 s; then VmHWM {:.1} MiB VmRSS {:.1} MiB; \
                  API commit->answer p50 {} ms\n",
                 r.services,
                 r.startup.as_millis(),
@@ -263,6 +270,7 @@ pub fn startup_details(reports: &[SizeReport]) -> String {
                 ms(r.first_sync),
                 ms(r.first_sync_plan),
                 r.map_entries,
+                r.syncs_at_startup,
                 r.hwm_kib_startup as f64 / 1024.0,
                 r.rss_kib_startup as f64 / 1024.0,
                 stats::ms(Spread::of(&r.answers).p50),
