@@ -278,7 +278,6 @@ impl Sync {
             (None, Ok(touched)) => diff_touched(touched, wanted),
             (None, Err(old)) => diff(old, wanted),
         };
-        drop(before);
         let planned = started.elapsed();
         let failures = maps.apply(&ops);
         self.generation += 1;
@@ -293,8 +292,14 @@ impl Sync {
                 Ok(actual) => self.diverged = Some(actual),
                 Err(error) => {
                     tracing::error!(%error, "re-reading maps failed");
-                    // Still diverged: the next sync compares every entry.
-                    self.diverged.get_or_insert_with(Tables::default);
+                    // Believe what was there before this sync, so that the
+                    // next one tries all of its writes again.
+                    if self.diverged.is_none() {
+                        self.diverged = Some(match before {
+                            Err(old) => old,
+                            Ok(touched) => touched.revert(self.tables.tables().clone()),
+                        });
+                    }
                 }
             }
         }

@@ -93,8 +93,7 @@ impl SliceIndex {
 }
 
 fn slice_key(slice: &Slice) -> (String, String) {
-    let (namespace, name) = object_name(&slice.metadata);
-    (namespace, name)
+    object_name(&slice.metadata)
 }
 
 /// A client from `--kubeconfig`, else the usual inference (KUBECONFIG,

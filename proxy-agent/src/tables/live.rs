@@ -27,6 +27,22 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// `tables` (as they are after the update) as they were before it.
+    pub fn revert(&self, mut tables: Tables) -> Tables {
+        fn put_back<K: Ord + Copy, V: Copy>(map: &mut BTreeMap<K, V>, old: &BTreeMap<K, Option<V>>) {
+            for (key, value) in old {
+                match value {
+                    Some(value) => drop(map.insert(*key, *value)),
+                    None => drop(map.remove(key)),
+                }
+            }
+        }
+        put_back(&mut tables.services, &self.services);
+        put_back(&mut tables.slots, &self.slots);
+        put_back(&mut tables.backends, &self.backends);
+        tables
+    }
+
     fn service(&mut self, tables: &Tables, key: ServiceKey) {
         self.services.entry(key).or_insert_with(|| tables.services.get(&key).copied());
     }

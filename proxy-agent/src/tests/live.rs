@@ -257,6 +257,7 @@ fn incremental_model_and_tables_equal_a_full_build_over_random_changes() {
             assert_eq!(sorted(live_tables.skipped(live.model())), sorted(table_skipped), "{at}: table skips");
             if let Some(touched) = touched {
                 assert_eq!(diff_touched(&touched, &tables), diff(&before, &tables), "{at}: diff of touched keys");
+                assert_eq!(touched.revert(tables.clone()), before, "{at}: the touched entries' old values");
             }
         }
     }
