@@ -206,21 +206,19 @@ fn list(
     if let Some(next) = &page.next {
         metadata["continue"] = Value::String(next.token());
     }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct List<'a> {
-        kind: String,
-        api_version: &'static str,
-        metadata: Value,
-        items: Vec<&'a Value>,
+    // The envelope, then the items as they were encoded when written.
+    let envelope = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": metadata});
+    let mut body = serde_json::to_vec(&envelope).expect("serializable");
+    body.pop(); // the closing brace
+    body.reserve(page.encoded.iter().map(|j| j.len() + 1).sum::<usize>() + 12);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, json) in page.encoded.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
     }
-    let list = List {
-        kind: res.list_kind(),
-        api_version: res.api_version(),
-        metadata,
-        items: page.items.iter().map(|o| &**o).collect(),
-    };
-    let body = serde_json::to_vec(&list).expect("serializable");
+    body.extend_from_slice(b"]}");
     Ok(bytes_response(200, body))
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -50,6 +51,8 @@ pub fn monotonic_ns() -> u64 {
 /// where the next page starts when there is one.
 pub struct Page {
     pub items: Vec<Arc<Value>>,
+    /// The same objects as JSON, encoded when they were written.
+    pub encoded: Vec<Bytes>,
     pub rv: u64,
     pub next: Option<Continue>,
 }
@@ -84,9 +87,23 @@ pub struct Expired {
 
 type Key = (Resource, String, String);
 
+/// An object and its JSON, encoded once when it is written rather than on
+/// every list: a list of ten thousand EndpointSlices is 15 MB of JSON.
+struct Stored {
+    object: Arc<Value>,
+    json: Bytes,
+}
+
+impl Stored {
+    fn new(object: Arc<Value>) -> Self {
+        let json = Bytes::from(serde_json::to_vec(&*object).expect("serializable"));
+        Stored { object, json }
+    }
+}
+
 struct Inner {
     rv: u64,
-    objects: BTreeMap<Key, Arc<Value>>,
+    objects: BTreeMap<Key, Stored>,
     history: VecDeque<Event>,
     /// resourceVersion of the newest event dropped from `history`.
     evicted: u64,
@@ -128,7 +145,7 @@ impl Store {
         if let Some((rv, objects)) = persist::load(path)? {
             let inner = store.inner.get_mut().unwrap_or_else(|e| e.into_inner());
             for o in objects {
-                inner.objects.insert((o.resource, o.namespace, o.name), Arc::new(o.object));
+                inner.objects.insert((o.resource, o.namespace, o.name), Stored::new(Arc::new(o.object)));
             }
             // Nothing before the restart can be replayed.
             (inner.rv, inner.evicted) = (rv, rv);
@@ -153,7 +170,7 @@ impl Store {
     pub fn get(&self, res: Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
         let inner = self.lock();
         let key = (res, ns.to_string(), name.to_string());
-        inner.objects.get(&key).map(|o| (**o).clone()).ok_or_else(|| ApiError::not_found(res, name))
+        inner.objects.get(&key).map(|o| (*o.object).clone()).ok_or_else(|| ApiError::not_found(res, name))
     }
 
     /// Objects of `res` (in `ns` if given) that `keep` accepts, and the
@@ -185,11 +202,12 @@ impl Store {
             .objects
             .range((start, Bound::Unbounded))
             .take_while(|((r, n, _), _)| *r == res && ns.is_none_or(|ns| ns == n))
-            .filter(|(_, o)| keep(o));
-        let mut items = Vec::new();
+            .filter(|(_, o)| keep(&o.object));
+        let (mut items, mut encoded) = (Vec::new(), Vec::new());
         let mut last = None;
-        for (key, object) in matching.by_ref().take(limit.unwrap_or(usize::MAX)) {
-            items.push(object.clone());
+        for (key, stored) in matching.by_ref().take(limit.unwrap_or(usize::MAX)) {
+            items.push(stored.object.clone());
+            encoded.push(stored.json.clone());
             last = Some(key);
         }
         let next = match (matching.next(), last) {
@@ -198,7 +216,7 @@ impl Store {
             }
             _ => None,
         };
-        Page { items, rv, next }
+        Page { items, encoded, rv, next }
     }
 
     /// When the change that made resourceVersion `rv` was committed, while
@@ -247,7 +265,7 @@ impl Store {
         }
         let inner = self.lock();
         let key = (res, ns.to_string(), name.to_string());
-        let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res, name))?;
+        let old = inner.objects.get(&key).map(|o| o.object.clone()).ok_or_else(|| ApiError::not_found(res, name))?;
         let old_meta = old["metadata"].as_object().cloned().unwrap_or_default();
         let rv = inner.rv + 1;
         let meta = metadata(&mut obj);
@@ -289,7 +307,7 @@ impl Store {
     pub fn delete(&self, res: Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
         let inner = self.lock();
         let key = (res, ns.to_string(), name.to_string());
-        let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res, name))?;
+        let old = inner.objects.get(&key).map(|o| o.object.clone()).ok_or_else(|| ApiError::not_found(res, name))?;
         let mut obj = (*old).clone();
         let rv = inner.rv + 1;
         metadata(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
@@ -308,7 +326,7 @@ impl Store {
         let (object, prev) = match new {
             Some(obj) => {
                 let obj = Arc::new(obj);
-                inner.objects.insert(key, obj.clone());
+                inner.objects.insert(key, Stored::new(obj.clone()));
                 (obj, prev)
             }
             None => {
@@ -338,7 +356,7 @@ impl Store {
             if inner.rv <= *saved {
                 return;
             }
-            (inner.rv, inner.objects.values().cloned().collect())
+            (inner.rv, inner.objects.values().map(|o| o.object.clone()).collect())
         };
         match persist::save(path, rv, objects.iter().map(|o| &**o)) {
             Ok(()) => *saved = rv,
