@@ -3,6 +3,7 @@
 //! the dataplane outlives the agent.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,12 +12,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::datapath::{self, DeviceRole, PinLayout, PinnedMaps};
 use crate::datapath_config;
-use crate::diff::diff;
-use crate::model::{self, Cidr, Config};
+use crate::diff::{diff, diff_touched};
+use crate::model::{self, Cidr, Config, LiveModel, Slice};
 use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
-use crate::source::{self, yaml_dir, Snapshot};
-use crate::tables::{self, Ids, Tables};
+use crate::source::{self, yaml_dir, Changes};
+use crate::tables::{Ids, LiveTables, Tables};
 use crate::telemetry::{self, Served, SyncReport, Telemetry};
 
 #[derive(clap::Args)]
@@ -78,6 +79,7 @@ pub struct RunArgs {
 const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let node_name = node_name(&args)?;
     let mut telemetry = Telemetry::start(&args.telemetry);
     let mut source = Source::new(&args, &node_name).await?;
@@ -99,14 +101,16 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    source.wait_ready().await?;
+    source.wait_ready(started).await?;
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
         datapath_config::write(&mut maps, &config, &args.service_cidr);
+        // A new node address or zone changes every Service's frontends.
+        let node_changed = &config != sync.model.config();
         let sync_started = telemetry.sync_started();
-        match source.read() {
-            Ok((snapshot, skipped)) => {
-                sync.run(&mut maps, &snapshot, &config, skipped);
+        match source.read(node_changed) {
+            Ok((changes, skipped)) => {
+                sync.run(&mut maps, changes, &config, skipped);
                 telemetry.synced(sync_started, sync.report());
             }
             Err(error) => {
@@ -125,7 +129,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = source.changed() => {}
-            _ = tokio::time::sleep(RETRY), if sync.needs_retry => {}
+            _ = tokio::time::sleep(RETRY), if sync.diverged.is_some() => {}
         }
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
@@ -148,6 +152,20 @@ fn attach_all(ebpf: &mut aya::Ebpf, layout: &PinLayout, args: &RunArgs) -> anyho
         datapath::detach_xdp(layout)?;
     }
     Ok(())
+}
+
+/// glibc gives each thread that allocates its own arena, and memory freed
+/// in one arena serves only that arena's threads: what the program load
+/// (main thread) frees is not reused for the objects the watches (worker
+/// threads) keep, and the agent's resident memory grows by the sum. One
+/// arena costs nothing at the agent's rate of allocation. Must run before
+/// any thread starts.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// `--hostname-override`, else the kernel's host name, as kube-proxy does.
@@ -182,11 +200,16 @@ impl Source {
         Ok(Source::Kube(KubeSource::start(client, node_name, args.proxy_name.as_deref())))
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    /// `agent_started`: when `run` began, for the log.
+    async fn wait_ready(&self, agent_started: Instant) -> anyhow::Result<()> {
         if let Source::Kube(kube) = self {
             let started = Instant::now();
-            kube.wait_ready().await?;
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "initial list complete");
+            kube.wait_ready().await;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                since_start_ms = agent_started.elapsed().as_millis() as u64,
+                "initial list complete"
+            );
         }
         Ok(())
     }
@@ -225,10 +248,15 @@ impl Source {
         }
     }
 
-    fn read(&self) -> anyhow::Result<(Snapshot, Vec<Skipped>)> {
+    /// What changed since the last read; everything when `all`.
+    fn read(&self, all: bool) -> anyhow::Result<(Changes, Vec<Skipped>)> {
         match self {
-            Source::Dir { path, .. } => Ok(yaml_dir::read(path)?),
-            Source::Kube(kube) => Ok((kube.snapshot(), Vec::new())),
+            Source::Dir { path, .. } => {
+                let (snapshot, skipped) = yaml_dir::read(path)?;
+                let slices = snapshot.slices.iter().map(|s| Arc::new(Slice::from(&**s))).collect();
+                Ok((Changes::All { services: snapshot.services, slices }, skipped))
+            }
+            Source::Kube(kube) => Ok((kube.take_changes(all), Vec::new())),
         }
     }
 }
@@ -254,11 +282,15 @@ fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>
     }))
 }
 
-/// What the agent believes the maps hold.
+/// The model and tables the agent wants in the maps, both kept up to date
+/// one Service at a time, and what the maps hold when that differs.
 struct Sync {
-    current: Tables,
-    ids: Ids,
-    needs_retry: bool,
+    model: LiveModel,
+    tables: LiveTables,
+    /// What the maps hold when it is not `tables`: the pinned state before
+    /// the first sync, or after a failed write (then retried, comparing
+    /// every entry, until a sync goes through).
+    diverged: Option<Tables>,
     /// Logged once when they first appear, not on every sync.
     last_skipped: Vec<Skipped>,
     generation: u64,
@@ -276,9 +308,9 @@ impl Sync {
             "adopted pinned datapath state"
         );
         Ok(Sync {
-            ids: Ids::adopt(&current),
-            current,
-            needs_retry: false,
+            model: LiveModel::default(),
+            tables: LiveTables::new(Ids::adopt(&current)),
+            diverged: Some(current),
             last_skipped: Vec::new(),
             generation: 0,
             served: Served::default(),
@@ -286,39 +318,66 @@ impl Sync {
         })
     }
 
-    fn run(&mut self, maps: &mut PinnedMaps, snapshot: &Snapshot, config: &Config, mut skipped: Vec<Skipped>) {
+    fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) {
         let started = Instant::now();
-        let (model, model_skipped) = model::build(&snapshot.services, &snapshot.slices, config);
-        skipped.extend(model_skipped);
-        self.served = Served::of(&model);
-        let (wanted, table_skipped) = tables::from_model(&model, &mut self.ids);
-        skipped.extend(table_skipped);
+        let full = matches!(changes, Changes::All { .. });
+        let (changed, before) = match changes {
+            Changes::All { services, slices } => {
+                let changed = self.model.replace_all(&services, &slices, config);
+                (changed.len(), Err(self.tables.replace_all(self.model.model())))
+            }
+            Changes::Services(services) => {
+                let changed = self.model.update(&services);
+                (changed.len(), Ok(self.tables.update(self.model.model(), &changed)))
+            }
+        };
+        skipped.extend_from_slice(self.model.skipped());
+        skipped.extend(self.tables.skipped(self.model.model()));
         self.report_skipped(skipped);
 
-        let ops = diff(&self.current, &wanted);
+        let wanted = self.tables.tables();
+        let ops = match (&self.diverged, &before) {
+            (Some(actual), _) => diff(actual, wanted),
+            (None, Ok(touched)) => diff_touched(touched, wanted),
+            (None, Err(old)) => diff(old, wanted),
+        };
+        let planned = started.elapsed();
         let failures = maps.apply(&ops);
+        // After the writes, so telemetry never delays them.
+        self.served = Served::of(self.model.model());
         self.failed_writes = failures.len();
         self.generation += 1;
         if failures.is_empty() {
-            self.current = wanted;
-            self.needs_retry = false;
+            self.diverged = None;
         } else {
             for failure in &failures {
                 tracing::error!(op = ?failure.op, error = %failure.error, "map write failed; will retry");
             }
             // Believe the kernel, not the plan, about what is there now.
             match maps.read_tables() {
-                Ok(actual) => self.current = actual,
-                Err(error) => tracing::error!(%error, "re-reading maps failed"),
+                Ok(actual) => self.diverged = Some(actual),
+                Err(error) => {
+                    tracing::error!(%error, "re-reading maps failed");
+                    // Believe what was there before this sync, so that the
+                    // next one tries all of its writes again.
+                    if self.diverged.is_none() {
+                        self.diverged = Some(match before {
+                            Err(old) => old,
+                            Ok(touched) => touched.revert(self.tables.tables().clone()),
+                        });
+                    }
+                }
             }
-            self.needs_retry = true;
         }
         tracing::info!(
             generation = self.generation,
-            frontends = self.current.services.len(),
-            backends = self.current.backends.len(),
+            full,
+            changed_frontends = changed,
+            frontends = self.tables.tables().services.len(),
+            backends = self.tables.tables().backends.len(),
             ops = ops.len(),
             failed = failures.len(),
+            plan_us = planned.as_micros() as u64,
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );
@@ -326,7 +385,7 @@ impl Sync {
 
     fn report(&self) -> SyncReport<'_> {
         SyncReport {
-            tables: &self.current,
+            tables: self.tables.tables(),
             skipped: &self.last_skipped,
             served: &self.served,
             failed_writes: self.failed_writes,

@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     let layout = PinLayout::new(&cli.bpffs);
     match cli.command {
         Command::Run(args) => {
+            agent::tune_allocator();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

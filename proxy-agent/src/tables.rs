@@ -2,7 +2,9 @@
 //! hold, with ids that stay stable across syncs and agent restarts (conntrack
 //! entries name backends by id).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod live;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proxy_common::{
     maps::{backend_flags, scope, service_flags, MAX_BACKENDS_PER_SERVICE},
@@ -12,13 +14,17 @@ use proxy_common::{
 use crate::model::{Endpoint, Frontend, FrontendEntry, FrontendKind, Model, Protocol};
 use crate::skip::{SkipReason, Skipped};
 
+pub use live::{LiveTables, Touched};
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub slots: BTreeMap<BackendSlotKey, u32>,
     pub backends: BTreeMap<u32, Backend>,
-    /// `loadBalancerSourceRanges` entries: (trie prefix length, key data).
-    pub source_ranges: BTreeSet<(u32, SourceRange)>,
+    /// `loadBalancerSourceRanges` entries: (trie prefix length, key data)
+    /// -> the trie's value, always [`SOURCE_RANGE_ALLOWED`]. A map rather
+    /// than a set, so the diff treats it like the other tables.
+    pub source_ranges: BTreeMap<(u32, SourceRange), u32>,
 }
 
 /// Hands out service and backend ids. Freed ids are not handed out again
@@ -74,6 +80,19 @@ impl Ids {
         self.used_backends.insert(id);
         self.backends.insert(key, id);
         id
+    }
+
+    fn forget_service(&mut self, key: &ServiceKey) {
+        if let Some(id) = self.services.remove(key) {
+            self.used_services.remove(&id);
+        }
+    }
+
+    /// `backend` as [`identity`] gives it.
+    fn forget_backend(&mut self, backend: &Backend) {
+        if let Some(id) = self.backends.remove(backend) {
+            self.used_backends.remove(&id);
+        }
     }
 
     /// Forgets ids that the new tables no longer use.
@@ -152,22 +171,41 @@ pub fn service_value_flags(frontend: &Frontend, entry: &FrontendEntry) -> (u32, 
     if policy_local && entry.no_local_endpoints {
         flags |= service_flags::NO_LOCAL_ENDPOINTS;
     }
+    if entry.source_ranges.is_some() {
+        flags |= service_flags::SOURCE_RANGES;
+    }
     (flags, timeout)
 }
 
-/// The source range map entry admitting `cidr` to the frontend `service_id`.
-pub fn source_range(service_id: u32, cidr: &crate::model::Cidr) -> (u32, SourceRange) {
-    (
-        SourceRange::trie_prefix_len(cidr.prefix_len()),
-        SourceRange {
-            service_id_be: service_id.to_be(),
-            addr: u32::from_ne_bytes(cidr.network().octets()),
-        },
-    )
+/// The value of every source range entry: the trie only answers "in a range".
+pub const SOURCE_RANGE_ALLOWED: u32 = 1;
+
+/// The source range map keys admitting the frontend's
+/// `loadBalancerSourceRanges` to it.
+pub fn source_ranges(service_id: u32, entry: &FrontendEntry) -> Vec<(u32, SourceRange)> {
+    let Some(ranges) = &entry.source_ranges else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .map(|cidr| {
+            (
+                SourceRange::trie_prefix_len(cidr.prefix_len()),
+                SourceRange {
+                    service_id_be: service_id.to_be(),
+                    addr: u32::from_ne_bytes(cidr.network().octets()),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Lays the model out as map entries. A frontend with more endpoints than a
 /// service may hold is left out whole (and reported) rather than truncated.
+///
+/// The agent keeps the same tables up to date with [`LiveTables`]; this
+/// whole-model version is the reference the tests hold it to.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
     let mut tables = Tables::default();
     let mut skipped = Vec::new();
@@ -199,10 +237,9 @@ pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
                 backend_id,
             );
         }
-        let (mut flags, affinity_timeout_s) = service_value_flags(frontend, entry);
-        if let Some(ranges) = &entry.source_ranges {
-            flags |= service_flags::SOURCE_RANGES;
-            tables.source_ranges.extend(ranges.iter().map(|cidr| source_range(service_id, cidr)));
+        let (flags, affinity_timeout_s) = service_value_flags(frontend, entry);
+        for range in source_ranges(service_id, entry) {
+            tables.source_ranges.insert(range, SOURCE_RANGE_ALLOWED);
         }
         tables.services.insert(
             key,

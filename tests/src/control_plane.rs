@@ -30,7 +30,12 @@ impl ApiServer {
 
 impl Lab {
     pub fn api_url(&self) -> String {
-        format!("http://10.100.0.2:{API_PORT}")
+        format!("http://{}", self.api_addr())
+    }
+
+    /// Where the API server listens, on the underlay.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        (std::net::Ipv4Addr::new(10, 100, 0, 2), API_PORT).into()
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -40,14 +45,24 @@ impl Lab {
     /// Starts the API server (its state kept in the lab directory, so a
     /// restart keeps the objects, as etcd would) and writes a kubeconfig.
     pub fn start_apiserver(&self) -> anyhow::Result<ApiServer> {
+        let state = self.dir.join("apiserver-state.json");
+        self.spawn_apiserver(&["--state".as_ref(), state.as_os_str()])
+    }
+
+    /// Starts the API server on the objects of a state file, keeping
+    /// changes in memory only and logging no requests (for benchmarks).
+    pub fn start_apiserver_from(&self, initial_state: &std::path::Path) -> anyhow::Result<ApiServer> {
+        self.spawn_apiserver(&["--initial-state".as_ref(), initial_state.as_os_str(), "--quiet".as_ref()])
+    }
+
+    fn spawn_apiserver(&self, args: &[&std::ffi::OsStr]) -> anyhow::Result<ApiServer> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("apiserver.log"))?;
         let child = ns_command(&self.control_plane_ns, &self.binaries.apiserver)
             .args(["--listen", &format!("0.0.0.0:{API_PORT}")])
-            .arg("--state")
-            .arg(self.dir.join("apiserver-state.json"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -513,6 +513,11 @@ impl BackgroundRequests {
 }
 
 impl Agent {
+    /// The agent's process id (nsenter execs it, so this is the agent).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the agent has logged `min` syncs.
     pub fn wait_synced(&self, min: u64, timeout: Duration) -> anyhow::Result<()> {
         wait_until(timeout, || self.generations() >= min)

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod apiserver;
+pub mod bench_sync;
 pub mod cmd;
 pub mod control_plane;
 pub mod lab;

@@ -626,3 +626,56 @@ fn state_file_keeps_objects_across_restarts() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lists_come_in_pages_when_a_limit_is_asked_for() {
+    let s = server(fast());
+    let a = s.addr;
+    for name in ["a", "b", "c", "d", "e"] {
+        call(a, "POST", SVCS, Some(&svc(name, json!({"app": "x"}))));
+    }
+    call(a, "POST", "/api/v1/namespaces/other/services", Some(&svc("f", json!({}))));
+    let at = s.state.store.current_rv();
+    let names = |list: &Value| -> Vec<String> {
+        list["items"].as_array().unwrap().iter().map(|o| o["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+
+    let (code, first) = call(a, "GET", "/api/v1/services?limit=2", None);
+    assert_eq!((code, names(&first), rv(&first)), (200, vec!["a".to_string(), "b".into()], at));
+    let token = first["metadata"]["continue"].as_str().expect("a continue token").to_string();
+    // A change between pages: later pages show it, at the first page's version.
+    call(a, "DELETE", &format!("{SVCS}/c"), None);
+    let (_, second) = call(a, "GET", &format!("/api/v1/services?limit=2&continue={token}"), None);
+    assert_eq!((names(&second), rv(&second)), (vec!["d".to_string(), "e".into()], at));
+    let token = second["metadata"]["continue"].as_str().expect("one more page").to_string();
+    let (_, last) = call(a, "GET", &format!("/api/v1/services?limit=2&continue={token}"), None);
+    assert_eq!(names(&last), vec!["f".to_string()]);
+    assert_eq!(last["metadata"].get("continue"), None, "the last page has no token");
+
+    // Selectors and namespaces page too; no limit is one page.
+    let (_, selected) = call(a, "GET", "/api/v1/namespaces/default/services?limit=3&labelSelector=app%3Dx", None);
+    assert_eq!(names(&selected), vec!["a".to_string(), "b".into(), "d".into()]);
+    let (_, all) = call(a, "GET", "/api/v1/services", None);
+    assert_eq!((names(&all).len(), all["metadata"].get("continue")), (5, None));
+    assert_eq!(call(a, "GET", "/api/v1/services?limit=2&continue=garbage", None).0, 400);
+}
+
+#[test]
+fn writes_answer_with_their_commit_time() {
+    use proxy_lab::bench_sync::client::ApiClient;
+    let s = server(fast());
+    let (_, created) = call(s.addr, "POST", SVCS, Some(&svc("timed", json!({}))));
+    let mut client = ApiClient::new(TcpStream::connect(s.addr).unwrap()).unwrap();
+    // Two writes on one kept-alive connection.
+    for ip in ["10.96.0.21", "10.96.0.22"] {
+        let patch = json!({"spec": {"clusterIP": ip}}).to_string();
+        let w = client.merge_patch(&format!("{SVCS}/timed"), patch.as_bytes()).unwrap();
+        let committed = w.committed_ns.expect("commit time header");
+        assert_eq!(w.status, 200);
+        assert!(w.sent_ns <= committed && committed <= w.answered_ns, "{w:?}");
+    }
+    let (_, now) = call(s.addr, "GET", &format!("{SVCS}/timed"), None);
+    assert_eq!((now["spec"]["clusterIP"].as_str(), rv(&now)), (Some("10.96.0.22"), rv(&created) + 2));
+    let w = client.merge_patch(&format!("{SVCS}/absent"), b"{}").unwrap();
+    assert_eq!((w.status, w.committed_ns), (404, None));
+}

@@ -1,5 +1,6 @@
 //! Orchestration only: toolchain set-up, builds, the lab demo, test runs.
 
+mod bench_sync;
 mod demo;
 mod e2e_kind;
 mod image;
@@ -39,6 +40,8 @@ enum Command {
     /// kind cluster without kube-proxy: install, check ClusterIP, NodePort, LoadBalancer
     /// and an endpoint change, delete (needs a container engine and internet; exits 2 without).
     E2eKind,
+    /// Control-plane benchmark: API change -> pinned map latency, start-up sync, agent memory (root).
+    BenchSync(bench_sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Image => image::run(),
         Command::E2eKind => e2e_kind::run_e2e(),
+        Command::BenchSync(args) => {
+            setup::run()?;
+            bench_sync::run(args)
+        }
         Command::LabClean => {
             proxy_lab::lab::remove_stale_labs();
             println!("lab namespaces left: {:?}", proxy_lab::lab::lab_namespaces());

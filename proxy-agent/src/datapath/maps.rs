@@ -2,14 +2,17 @@ use std::path::Path;
 
 use anyhow::Context;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray};
 use proxy_common::{
     config::CONFIG_MAP,
     maps::{BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP},
     Backend, BackendSlotKey, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SourceRange, Verdict,
 };
 
-use super::PinLayout;
+use super::{batch, PinLayout};
+
+/// Runs of ops shorter than this go one by one.
+const BATCH_FROM: usize = 16;
 use crate::diff::Op;
 use crate::tables::Tables;
 
@@ -68,15 +71,69 @@ impl PinnedMaps {
         }
         for key in self.source_ranges.keys() {
             let key = key?;
-            tables.source_ranges.insert((key.prefix_len(), key.data()));
+            tables.source_ranges.insert((key.prefix_len(), key.data()), crate::tables::SOURCE_RANGE_ALLOWED);
         }
         Ok(tables)
     }
 
     /// Applies `ops` in order. A failed write is reported and the rest still
     /// go through: one bad entry must not hold every other Service hostage.
+    /// Long runs of one kind of op go in batches; from where a batch
+    /// stops, its ops go one by one, so a failure is reported per op.
     pub fn apply(&mut self, ops: &[Op]) -> Vec<ApplyFailure> {
         let mut failures = Vec::new();
+        let mut rest = ops;
+        while let Some(first) = rest.first() {
+            let kind = std::mem::discriminant(first);
+            let run = rest.iter().take_while(|op| std::mem::discriminant(*op) == kind).count();
+            let (group, tail) = rest.split_at(run);
+            let done = if run >= BATCH_FROM { self.apply_batch(group) } else { 0 };
+            self.apply_each(&group[done..], &mut failures);
+            rest = tail;
+        }
+        failures
+    }
+
+    /// Ops of one kind in one call; returns how many went in.
+    fn apply_batch(&mut self, group: &[Op]) -> usize {
+        let result = match &group[0] {
+            Op::PutBackend(..) => put_batch(self.backends.map(), group, |op| match op {
+                Op::PutBackend(id, backend) => Some((*id, *backend)),
+                _ => None,
+            }),
+            Op::PutSlot(..) => put_batch(self.slots.map(), group, |op| match op {
+                Op::PutSlot(key, id) => Some((*key, *id)),
+                _ => None,
+            }),
+            Op::PutService(..) => put_batch(self.services.map(), group, |op| match op {
+                Op::PutService(key, value) => Some((*key, *value)),
+                _ => None,
+            }),
+            Op::DeleteService(..) => delete_batch(self.services.map(), group, |op| match op {
+                Op::DeleteService(key) => Some(*key),
+                _ => None,
+            }),
+            Op::DeleteSlot(..) => delete_batch(self.slots.map(), group, |op| match op {
+                Op::DeleteSlot(key) => Some(*key),
+                _ => None,
+            }),
+            Op::DeleteBackend(..) => delete_batch(self.backends.map(), group, |op| match op {
+                Op::DeleteBackend(id) => Some(*id),
+                _ => None,
+            }),
+            // Few, and LPM tries take no batches: one by one.
+            Op::PutSourceRange(..) | Op::DeleteSourceRange(..) => return 0,
+        };
+        match result {
+            Ok(()) => group.len(),
+            Err(partial) => {
+                tracing::debug!(done = partial.done, of = group.len(), error = %partial.error, "batch stopped; going on one by one");
+                partial.done
+            }
+        }
+    }
+
+    fn apply_each(&mut self, ops: &[Op], failures: &mut Vec<ApplyFailure>) {
         for op in ops {
             let result = match op {
                 Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
@@ -95,7 +152,6 @@ impl PinnedMaps {
                 });
             }
         }
-        failures
     }
 
     pub fn config(&self) -> anyhow::Result<DatapathConfig> {
@@ -138,4 +194,18 @@ impl PinnedMaps {
         }
         Ok(count)
     }
+}
+
+fn put_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    group: &[Op],
+    entry: impl Fn(&Op) -> Option<(K, V)>,
+) -> Result<(), batch::Partial> {
+    let (keys, values): (Vec<K>, Vec<V>) = group.iter().filter_map(entry).unzip();
+    batch::update(map, &keys, &values)
+}
+
+fn delete_batch<K: aya::Pod>(map: &MapData, group: &[Op], key: impl Fn(&Op) -> Option<K>) -> Result<(), batch::Partial> {
+    let keys: Vec<K> = group.iter().filter_map(key).collect();
+    batch::delete(map, &keys)
 }

@@ -1,6 +1,7 @@
 //! The only module that talks to the kernel: mounting bpffs, loading and
 //! attaching the programs, and reading and writing the pinned maps.
 
+mod batch;
 mod bpffs;
 mod cgroup;
 mod layout;

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use super::{valid_port, Config, Endpoint, Protocol, LABEL_SERVICE_NAME};
+use super::slice::Slice;
+use super::{valid_port, Config, Endpoint, Protocol};
 use crate::skip::SkipReason;
 
 /// One endpoint with everything traffic policy and topology look at.
@@ -51,22 +50,33 @@ impl Candidate {
 
 /// IPv4 slices by the namespace and name of the Service they belong to,
 /// each Service's in name order.
-pub(super) fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+pub(super) fn index_slices(slices: &[Arc<Slice>]) -> HashMap<(&str, &str), Vec<&Slice>> {
+    let mut by_service: HashMap<(&str, &str), Vec<&Slice>> = HashMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
+        if let Some(service) = owner(slice) {
+            by_service.entry(service).or_default().push(slice);
         }
-        let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
-            continue;
-        };
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        by_service.entry((namespace, service.as_str())).or_default().push(slice);
     }
     for slices in by_service.values_mut() {
-        slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        sort_slices(slices);
     }
     by_service
+}
+
+/// The namespace and name of the Service an IPv4 slice belongs to (by its
+/// `kubernetes.io/service-name` label); None for slices the model ignores.
+pub fn owner(slice: &Slice) -> Option<(&str, &str)> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let service = slice.service.as_deref()?;
+    Some((slice.metadata.namespace.as_deref().unwrap_or("default"), service))
+}
+
+/// The order a Service's slices are read in, so that the same endpoints
+/// come out whatever order the source lists them in.
+pub(super) fn sort_slices(slices: &mut [&Slice]) {
+    slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 }
 
 fn is_local(node_name: Option<&str>, config: &Config) -> bool {
@@ -77,7 +87,7 @@ fn is_local(node_name: Option<&str>, config: &Config) -> bool {
 /// slice port matches by name and protocol. An address listed in two slices,
 /// as during a slice hand-over, counts once.
 pub(super) fn collect(
-    slices: &[&EndpointSlice],
+    slices: &[&Slice],
     port_name: &str,
     proto: Protocol,
     config: &Config,
@@ -95,7 +105,7 @@ pub(super) fn collect(
         };
         for ep in slice.endpoints.iter().flatten() {
             // Consumers use the first address only (EndpointSlice API).
-            let Some(addr) = ep.addresses.first() else { continue };
+            let Some(addr) = &ep.address else { continue };
             let Ok(ip) = addr.parse::<Ipv4Addr>() else {
                 skip(SkipReason::InvalidEndpointAddress);
                 continue;
@@ -134,7 +144,7 @@ pub(super) fn collect(
 /// kube-proxy's `LocalReadyEndpoints`, which its health check server
 /// reports: ready endpoints on this node, as distinct addresses over every
 /// port of the Service (10.0.0.1:80 and 10.0.0.1:443 are one endpoint).
-pub(super) fn local_ready_count(slices: &[&EndpointSlice], config: &Config) -> u32 {
+pub(super) fn local_ready_count(slices: &[&Slice], config: &Config) -> u32 {
     let mut local = BTreeSet::new();
     for slice in slices {
         if !slice
@@ -150,7 +160,7 @@ pub(super) fn local_ready_count(slices: &[&EndpointSlice], config: &Config) -> u
             if !ready || !is_local(ep.node_name.as_deref(), config) {
                 continue;
             }
-            if let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) {
+            if let Some(ip) = ep.address.as_ref().and_then(|a| a.parse::<Ipv4Addr>().ok()) {
                 local.insert(ip);
             }
         }

@@ -9,8 +9,10 @@
 //! - [`node`]: this node's identity and which of its addresses serve NodePorts.
 
 mod endpoints;
+mod live;
 mod node;
 mod service;
+mod slice;
 mod topology;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +27,10 @@ use crate::skip::{SkipReason, Skipped};
 
 #[cfg_attr(not(test), allow(unused_imports))] // for the agent's Node watch
 pub use node::node_config_from;
-pub use node::Cidr;
+pub use endpoints::owner as slice_owner;
+pub use live::{LiveModel, ServiceName, ServiceObjects};
+pub use node::{node_port_ips, Cidr};
+pub use slice::Slice;
 
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -41,7 +46,7 @@ pub const MAX_SERVICE_PORTS: usize = 1000;
 /// This node and the agent's options. `Config::default()` is a node that
 /// knows nothing about itself: no endpoint is local, topology hints never
 /// match, and NodePorts listen nowhere.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Services labelled `service-proxy-name` with this value are ours; any
     /// other value means another proxy owns them.
@@ -214,8 +219,14 @@ pub struct Model {
 
 /// Builds the model. Objects, or parts of them, that cannot be served are
 /// reported in the second value and left out; everything else is served.
+///
+/// The agent keeps the same model up to date with [`LiveModel`], one
+/// Service at a time; this whole-world version is the reference the tests
+/// hold it to.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &Config) -> (Model, Vec<Skipped>) {
-    let slices_by_service = endpoints::index_slices(slices);
+    let slices: Vec<Arc<Slice>> = slices.iter().map(|s| Arc::new(Slice::from(&**s))).collect();
+    let slices_by_service = endpoints::index_slices(&slices);
     let node_port_ips = node::node_port_ips(config);
     let mut builder = Builder::default();
 
@@ -226,132 +237,174 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &
 
     for svc in services {
         let (namespace, name) = object_name(&svc.metadata);
-        if !is_proxied(svc, config) {
-            continue;
-        }
-        let mut partly = Vec::new();
-        let info = match service::ServiceInfo::parse(svc, &mut partly) {
-            Ok(info) => info,
-            Err(reason) => {
-                builder.skipped.push(Skipped::new(&namespace, &name, reason));
-                continue;
-            }
-        };
-        for reason in partly {
-            builder.skipped.push(Skipped::new(&namespace, &name, reason));
-        }
         let svc_slices = slices_by_service
             .get(&(namespace.as_str(), name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let local_endpoint_count = endpoints::local_ready_count(svc_slices, config);
-        for sp in info.ports {
-            let port_name = sp.name.clone().unwrap_or_default();
-            let skip_port = |reason| Skipped::port(&namespace, &name, &port_name, reason);
-            let (proto, port) = match service_port(sp) {
-                Ok(v) => v,
-                Err(reason) => {
-                    builder.skipped.push(skip_port(reason));
-                    continue;
-                }
-            };
-            let node_port = info.node_port(sp).unwrap_or_else(|reason| {
-                builder.skipped.push(skip_port(reason));
-                None
-            });
-            let candidates = endpoints::collect(svc_slices, &port_name, proto, config, &mut |reason| {
-                builder.skipped.push(skip_port(reason))
-            });
-            let chosen = topology::categorize(&candidates, config);
-
-            let entry = |endpoints: Vec<Endpoint>, policy_local: bool| FrontendEntry {
-                service: ServicePortName {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    port: port_name.clone(),
-                },
-                no_local_endpoints: policy_local && endpoints.is_empty() && chosen.has_any,
-                endpoints,
-                external_policy_local: info.external_policy_local,
-                internal_policy_local: info.internal_policy_local,
-                session_affinity: info.session_affinity,
-                health_check_node_port: info.health_check_node_port,
-                local_endpoint_count,
-                source_ranges: None,
-            };
-            let internal = if info.internal_policy_local {
-                entry(chosen.local.clone(), true)
-            } else {
-                entry(chosen.cluster.clone(), false)
-            };
-            let external = if info.external_policy_local {
-                entry(chosen.local, true)
-            } else {
-                entry(chosen.cluster, false)
-            };
-
-            let at = |ip: Ipv4Addr, port: u16, kind: FrontendKind| Frontend { ip, port, proto, kind };
-            for ip in &info.cluster_ips {
-                builder.insert(at(*ip, port, FrontendKind::ClusterIp), &internal);
-            }
-            if let Some(node_port) = node_port {
-                for ip in &node_port_ips {
-                    builder.insert(at(*ip, node_port, FrontendKind::NodePort), &external);
-                }
-            }
-            let load_balancer = FrontendEntry {
-                source_ranges: info.source_ranges.clone(),
-                ..external.clone()
-            };
-            for ip in &info.load_balancer_ips {
-                builder.insert(at(*ip, port, FrontendKind::LoadBalancer), &load_balancer);
-            }
-            for ip in &info.external_ips {
-                builder.insert(at(*ip, port, FrontendKind::ExternalIp), &external);
-            }
+        let fragment = service_fragment(svc, svc_slices, config, &node_port_ips);
+        builder.skipped.extend(fragment.skipped);
+        for (frontend, entry) in fragment.frontends {
+            builder.insert(frontend, entry);
         }
     }
     (builder.model, builder.skipped)
 }
 
+/// What one Service contributes to the model, before frontends claimed by
+/// two Services are settled (see [`Claim`]). A pure function of the Service,
+/// its EndpointSlices and this node, so it can be recomputed for one Service
+/// alone when only its objects changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFragment {
+    /// In the order the Service asks for them: by port, then ClusterIPs,
+    /// NodePorts, LoadBalancer IPs, external IPs. An earlier one wins a
+    /// frontend that the Service lists twice.
+    pub frontends: Vec<(Frontend, FrontendEntry)>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The fragment of `svc`; `slices` are the EndpointSlices labelled with its
+/// name, `node_port_ips` what [`node_port_ips`] says for `config`.
+pub fn service_fragment(
+    svc: &Service,
+    slices: &[&Slice],
+    config: &Config,
+    node_port_ips: &[Ipv4Addr],
+) -> ServiceFragment {
+    let mut fragment = ServiceFragment::default();
+    let (namespace, name) = object_name(&svc.metadata);
+    if !is_proxied(svc, config) {
+        return fragment;
+    }
+    let mut partly = Vec::new();
+    let info = match service::ServiceInfo::parse(svc, &mut partly) {
+        Ok(info) => info,
+        Err(reason) => {
+            fragment.skipped.push(Skipped::new(&namespace, &name, reason));
+            return fragment;
+        }
+    };
+    for reason in partly {
+        fragment.skipped.push(Skipped::new(&namespace, &name, reason));
+    }
+    let local_endpoint_count = endpoints::local_ready_count(slices, config);
+    for sp in info.ports {
+        let port_name = sp.name.clone().unwrap_or_default();
+        let skip_port = |reason| Skipped::port(&namespace, &name, &port_name, reason);
+        let (proto, port) = match service_port(sp) {
+            Ok(v) => v,
+            Err(reason) => {
+                fragment.skipped.push(skip_port(reason));
+                continue;
+            }
+        };
+        let node_port = info.node_port(sp).unwrap_or_else(|reason| {
+            fragment.skipped.push(skip_port(reason));
+            None
+        });
+        let candidates = endpoints::collect(slices, &port_name, proto, config, &mut |reason| {
+            fragment.skipped.push(skip_port(reason))
+        });
+        let chosen = topology::categorize(&candidates, config);
+
+        let entry = |endpoints: Vec<Endpoint>, policy_local: bool| FrontendEntry {
+            service: ServicePortName {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                port: port_name.clone(),
+            },
+            no_local_endpoints: policy_local && endpoints.is_empty() && chosen.has_any,
+            endpoints,
+            external_policy_local: info.external_policy_local,
+            internal_policy_local: info.internal_policy_local,
+            session_affinity: info.session_affinity,
+            health_check_node_port: info.health_check_node_port,
+            local_endpoint_count,
+            source_ranges: None,
+        };
+        let internal = if info.internal_policy_local {
+            entry(chosen.local.clone(), true)
+        } else {
+            entry(chosen.cluster.clone(), false)
+        };
+        let external = if info.external_policy_local {
+            entry(chosen.local, true)
+        } else {
+            entry(chosen.cluster, false)
+        };
+
+        let frontends = &mut fragment.frontends;
+        let mut add = |ip: Ipv4Addr, port: u16, kind: FrontendKind, entry: &FrontendEntry| {
+            frontends.push((Frontend { ip, port, proto, kind }, entry.clone()))
+        };
+        for ip in &info.cluster_ips {
+            add(*ip, port, FrontendKind::ClusterIp, &internal);
+        }
+        if let Some(node_port) = node_port {
+            for ip in node_port_ips {
+                add(*ip, node_port, FrontendKind::NodePort, &external);
+            }
+        }
+        let load_balancer = FrontendEntry {
+            source_ranges: info.source_ranges.clone(),
+            ..external.clone()
+        };
+        for ip in &info.load_balancer_ips {
+            add(*ip, port, FrontendKind::LoadBalancer, &load_balancer);
+        }
+        for ip in &info.external_ips {
+            add(*ip, port, FrontendKind::ExternalIp, &external);
+        }
+    }
+    fragment
+}
+
+/// The address, port and protocol a frontend holds within its address
+/// space: two frontends with one claim cannot both be served.
+pub type Claim = (Ipv4Addr, u16, Protocol, u8);
+
+pub fn claim(frontend: &Frontend) -> Claim {
+    (frontend.ip, frontend.port, frontend.proto, frontend.kind.address_space())
+}
+
+/// Whether a frontend that lost its claim to `holder` is reported. A Service
+/// port that lists the same address as LoadBalancer ingress and as external
+/// IP gets it once, silently; anything else is a conflict.
+pub fn is_duplicate(holder: (&Frontend, &FrontendEntry), loser: (&Frontend, &FrontendEntry)) -> bool {
+    !(holder.1.service == loser.1.service && holder.0.kind != loser.0.kind)
+}
+
+pub fn duplicate_skip(entry: &FrontendEntry) -> Skipped {
+    let s = &entry.service;
+    Skipped::port(&s.namespace, &s.name, &s.port, SkipReason::DuplicateFrontend)
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Default)]
 struct Builder {
     model: Model,
     skipped: Vec<Skipped>,
-    /// Who holds each address, port and protocol, per address space.
-    claims: HashMap<(Ipv4Addr, u16, Protocol, u8), Frontend>,
+    /// Who holds each claim.
+    claims: HashMap<Claim, Frontend>,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 impl Builder {
-    /// Adds a frontend unless an earlier one holds its address. A Service
-    /// port that lists the same address as LoadBalancer ingress and as
-    /// external IP gets it once, silently; another Service is refused.
-    fn insert(&mut self, frontend: Frontend, entry: &FrontendEntry) {
-        let claim = (
-            frontend.ip,
-            frontend.port,
-            frontend.proto,
-            frontend.kind.address_space(),
-        );
+    /// Adds a frontend unless an earlier one holds its claim.
+    fn insert(&mut self, frontend: Frontend, entry: FrontendEntry) {
+        let claim = claim(&frontend);
         if let Some(holder) = self.claims.get(&claim) {
-            let same_service = self.model.frontends[holder].service == entry.service;
-            if !(same_service && holder.kind != frontend.kind) {
-                let s = &entry.service;
-                self.skipped.push(Skipped::port(
-                    &s.namespace,
-                    &s.name,
-                    &s.port,
-                    SkipReason::DuplicateFrontend,
-                ));
+            if is_duplicate((holder, &self.model.frontends[holder]), (&frontend, &entry)) {
+                self.skipped.push(duplicate_skip(&entry));
             }
             return;
         }
         self.claims.insert(claim, frontend);
-        self.model.frontends.insert(frontend, entry.clone());
+        self.model.frontends.insert(frontend, entry);
     }
 }
 
-fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+pub fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
     (
         meta.namespace.clone().unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),

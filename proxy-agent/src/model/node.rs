@@ -111,7 +111,7 @@ pub fn node_config_from(node: &Node) -> (Option<String>, Vec<Ipv4Addr>) {
 /// (or with `0.0.0.0/0` among them), all of the node's addresses except loopback; else
 /// those inside one of the CIDRs. 127.0.0.1 is added only when a CIDR
 /// narrower than /0 contains it, i.e. when it was asked for by name.
-pub(super) fn node_port_ips(config: &Config) -> Vec<Ipv4Addr> {
+pub fn node_port_ips(config: &Config) -> Vec<Ipv4Addr> {
     let cidrs = &config.nodeport_addresses;
     let everywhere = cidrs.is_empty() || cidrs.iter().any(|c| c.prefix_len() == 0);
     let asked_for = |ip: Ipv4Addr| cidrs.iter().any(|c| c.prefix_len() > 0 && c.contains(ip));

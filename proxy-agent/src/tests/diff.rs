@@ -42,7 +42,7 @@ fn apply(tables: &mut Tables, op: &Op) {
         Op::DeleteService(key) => drop(tables.services.remove(key)),
         Op::DeleteSlot(key) => drop(tables.slots.remove(key)),
         Op::DeleteBackend(id) => drop(tables.backends.remove(id)),
-        Op::PutSourceRange(len, data) => drop(tables.source_ranges.insert((*len, *data))),
+        Op::PutSourceRange(len, data) => drop(tables.source_ranges.insert((*len, *data), crate::tables::SOURCE_RANGE_ALLOWED)),
         Op::DeleteSourceRange(len, data) => drop(tables.source_ranges.remove(&(*len, *data))),
     }
 }

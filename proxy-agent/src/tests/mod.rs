@@ -5,6 +5,7 @@
 mod bad_frontends;
 mod diff;
 mod frontends;
+mod live;
 mod model;
 mod policy;
 mod tables;

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::resource::Resource;
 use super::selector::Filter;
+use super::store::Continue;
 use super::watch::{self, WatchRequest};
 use super::{discovery, table, ApiError, ApiServer};
 
@@ -36,7 +37,10 @@ pub async fn handle(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<
 }
 
 pub fn json_response(code: u16, v: &Value) -> Response<Body> {
-    let body = serde_json::to_vec(v).expect("serializable");
+    bytes_response(code, serde_json::to_vec(v).expect("serializable"))
+}
+
+fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -135,18 +139,12 @@ async fn route(server: &Arc<ApiServer>, req: Request<Incoming>) -> Result<Respon
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 return Ok(start_watch(server, &target, &query, filter, wants_table));
             }
-            let (items, rv) = server.store.list(res, target.namespace.as_deref(), |o| filter.matches(o));
-            let items: Vec<Value> = items.iter().map(|o| (**o).clone()).collect();
             if wants_table {
+                let (items, rv) = server.store.list(res, target.namespace.as_deref(), |o| filter.matches(o));
+                let items: Vec<Value> = items.iter().map(|o| (**o).clone()).collect();
                 return Ok(json_response(200, &table::table(res, &items, rv)));
             }
-            let list = json!({
-                "kind": res.list_kind(),
-                "apiVersion": res.api_version(),
-                "metadata": {"resourceVersion": rv.to_string()},
-                "items": items,
-            });
-            Ok(json_response(200, &list))
+            list(server, &target, &query, &filter)
         }
         (Method::GET, Some(name)) => {
             let obj = server.store.get(res, &ns, name)?;
@@ -158,12 +156,12 @@ async fn route(server: &Arc<ApiServer>, req: Request<Incoming>) -> Result<Respon
         }
         (Method::POST, None) if res.namespaced() == target.namespace.is_some() => {
             let body = read_json(req).await?;
-            Ok(json_response(201, &server.store.create(res, &ns, body)?))
+            Ok(written(server, 201, server.store.create(res, &ns, body)?))
         }
         (Method::PUT, Some(name)) => {
             let name = name.to_string();
             let body = read_json(req).await?;
-            Ok(json_response(200, &server.store.update(res, &ns, &name, body)?))
+            Ok(written(server, 200, server.store.update(res, &ns, &name, body)?))
         }
         (Method::PATCH, Some(name)) => {
             let name = name.to_string();
@@ -182,12 +180,61 @@ async fn route(server: &Arc<ApiServer>, req: Request<Incoming>) -> Result<Respon
                     "strategic merge patches of lists are not supported here; use replace or a merge patch",
                 ));
             }
-            Ok(json_response(200, &server.store.patch(res, &ns, &name, &body)?))
+            Ok(written(server, 200, server.store.patch(res, &ns, &name, &body)?))
         }
-        (Method::DELETE, Some(name)) => Ok(json_response(200, &server.store.delete(res, &ns, name)?)),
+        (Method::DELETE, Some(name)) => Ok(written(server, 200, server.store.delete(res, &ns, name)?)),
         (m, _) => Err(ApiError::new(405, "MethodNotAllowed", format!("{m} is not supported on {path}"))),
     }
 }
+
+/// A list, in pages when the client asks for a `limit` (kube-rs watchers
+/// ask for 500), written straight from the stored objects.
+fn list(
+    server: &ApiServer,
+    target: &Target,
+    query: &HashMap<String, String>,
+    filter: &Filter,
+) -> Result<Response<Body>, ApiError> {
+    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let from = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => Some(Continue::parse(token).ok_or_else(|| ApiError::bad_request("invalid continue token"))?),
+        None => None,
+    };
+    let res = target.resource;
+    let page = server.store.list_page(res, target.namespace.as_deref(), |o| filter.matches(o), limit, from.as_ref());
+    let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+    if let Some(next) = &page.next {
+        metadata["continue"] = Value::String(next.token());
+    }
+    // The envelope, then the items as they were encoded when written.
+    let envelope = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": metadata});
+    let mut body = serde_json::to_vec(&envelope).expect("serializable");
+    body.pop(); // the closing brace
+    body.reserve(page.encoded.iter().map(|j| j.len() + 1).sum::<usize>() + 12);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, json) in page.encoded.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(bytes_response(200, body))
+}
+
+/// The answer to a write, with the time it was committed (the header
+/// `Lab-Committed-Monotonic-Ns`, CLOCK_MONOTONIC) so a benchmark can time
+/// what follows from the commit itself.
+fn written(server: &ApiServer, code: u16, object: Value) -> Response<Body> {
+    let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|rv| rv.parse().ok());
+    let mut r = json_response(code, &object);
+    if let Some(ns) = rv.and_then(|rv| server.store.committed_ns(rv)) {
+        r.headers_mut().insert(COMMITTED_HEADER, HeaderValue::from(ns));
+    }
+    r
+}
+
+pub const COMMITTED_HEADER: &str = "lab-committed-monotonic-ns";
 
 fn start_watch(
     server: &Arc<ApiServer>,

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 pub use resource::Resource;
-pub use store::Store;
+pub use store::{monotonic_ns, Store};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -55,6 +55,9 @@ pub struct Config {
     pub log_requests: bool,
     /// Save the objects here after every change and load them at start.
     pub state_file: Option<PathBuf>,
+    /// Start from the objects saved here (the state file's format), and
+    /// keep changes in memory only; ignored when `state_file` is set.
+    pub initial_state: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             default_watch_timeout: Duration::from_secs(1800),
             log_requests: true,
             state_file: None,
+            initial_state: None,
         }
     }
 }
@@ -77,11 +81,12 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Fails only if `config.state_file` exists and cannot be loaded.
+    /// Fails only if a state file exists and cannot be loaded.
     pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
-        let store = match &config.state_file {
-            Some(path) => Store::persistent(config.history, path.clone())?,
-            None => Store::new(config.history),
+        let store = match (&config.state_file, &config.initial_state) {
+            (Some(path), _) => Store::persistent(config.history, path.clone())?,
+            (None, Some(path)) => Store::loaded(config.history, path)?,
+            (None, None) => Store::new(config.history),
         };
         Ok(Arc::new(ApiServer { config, store, watches: AtomicUsize::new(0) }))
     }

@@ -30,6 +30,12 @@ struct Args {
     /// rewritten after every change.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Start from the objects in this file (as `--state` writes it) and
+    /// keep changes in memory only; for benchmarks, where rewriting a file
+    /// of thousands of objects on every change would cost more than the
+    /// change.
+    #[arg(long, conflicts_with = "state")]
+    initial_state: Option<PathBuf>,
     /// Do not log requests.
     #[arg(long)]
     quiet: bool,
@@ -43,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         history: args.history,
         log_requests: !args.quiet,
         state_file: args.state,
+        initial_state: args.initial_state,
         ..Config::default()
     };
     let server = apiserver::ApiServer::new(config)?;
