@@ -321,12 +321,14 @@ impl Sync {
     fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) {
         let started = Instant::now();
         let full = matches!(changes, Changes::All { .. });
+        let mut health_checks_changed = full;
         let (changed, before) = match changes {
             Changes::All { services, slices } => {
                 let changed = self.model.replace_all(&services, &slices, config);
                 (changed.len(), Err(self.tables.replace_all(self.model.model())))
             }
             Changes::Services(services) => {
+                health_checks_changed = services.iter().any(|o| self.may_change_health_checks(o));
                 let changed = self.model.update(&services);
                 (changed.len(), Ok(self.tables.update(self.model.model(), &changed)))
             }
@@ -344,7 +346,13 @@ impl Sync {
         let planned = started.elapsed();
         let failures = maps.apply(&ops);
         // After the writes, so telemetry never delays them.
-        self.served = Served::of(self.model.model());
+        // Health checks are found by visiting every frontend: only when a
+        // change can have touched one.
+        if health_checks_changed {
+            self.served = Served::of(self.model.model(), self.model.services_with_frontends());
+        } else {
+            self.served.services = self.model.services_with_frontends();
+        }
         self.failed_writes = failures.len();
         self.generation += 1;
         if failures.is_empty() {
@@ -381,6 +389,22 @@ impl Sync {
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );
+    }
+
+    /// Whether a change to this Service can change the health check
+    /// servers: it has a health check port now, or had one served.
+    fn may_change_health_checks(&self, objects: &model::ServiceObjects) -> bool {
+        let has_port = objects
+            .service
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .is_some_and(|spec| spec.health_check_node_port.is_some());
+        has_port
+            || self
+                .served
+                .health_checks
+                .iter()
+                .any(|h| h.namespace == objects.name.namespace && h.name == objects.name.name)
     }
 
     fn report(&self) -> SyncReport<'_> {

@@ -11,12 +11,21 @@ use crate::workspace;
 const MANIFESTS: &str = "manifests/lab/services.yaml";
 const REQUESTS: u32 = 60;
 
-/// (Service, frontend, protocols) exercised; they match the manifests.
-const FRONTENDS: &[(&str, &str, &[&str])] = &[
-    ("default/web", "10.96.0.10:80", &["tcp", "udp"]),
-    ("kube-system/dns", "10.96.0.53:53", &["udp", "tcp"]),
-    ("default/api", "10.96.0.20:443", &["tcp"]),
+const POD_CLIENTS: &[&str] = &["client-a", "client-b"];
+/// The external client's namespace, as the rows name it.
+const OUTSIDE: &str = "outside";
+
+/// (Service, frontend, protocols, clients) exercised; they match the manifests.
+const FRONTENDS: &[(&str, &str, &[&str], &[&str])] = &[
+    ("default/web", "10.96.0.10:80", &["tcp", "udp"], POD_CLIENTS),
+    ("kube-system/dns", "10.96.0.53:53", &["udp", "tcp"], POD_CLIENTS),
+    ("default/api", "10.96.0.20:443", &["tcp"], POD_CLIENTS),
+    ("default/web", "10.100.0.11:30080", &["tcp", "udp"], &[OUTSIDE]),
+    ("default/web", "10.100.0.12:30080", &["tcp", "udp"], &[OUTSIDE]),
+    ("default/web", "10.200.0.10:80", &["tcp", "udp"], &[OUTSIDE]),
 ];
+/// An address of the service range that no Service holds.
+const UNALLOCATED: &str = "10.96.0.99:80";
 
 pub fn run() -> anyhow::Result<()> {
     ensure!(proxy_lab::privilege::is_root(), "the demo builds network namespaces and loads eBPF: run it as root");
@@ -34,24 +43,26 @@ pub fn run() -> anyhow::Result<()> {
     for agent in &agents {
         agent.wait_synced(1, std::time::Duration::from_secs(10))?;
     }
+    lab.route_via_node(&lab.client_ns, "10.200.0.0/24", 0)?;
     println!("agents synced on {} nodes; sending {REQUESTS} requests per row, each a new connection\n", agents.len());
 
     println!(
-        "{:<16} {:<15} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<15} {:>6} {:>6}",
+        "{:<16} {:<17} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<17} {:>6} {:>6}",
         "SERVICE", "FRONTEND", "FROM", "PROTO", "OK", "ANSWERED BY", "BACKEND SAW", "REPLY FROM", "p50µs", "p99µs"
     );
     let mut all_ok = true;
-    for (service, frontend, protos) in FRONTENDS {
-        for from in ["client-a", "client-b"] {
+    for (service, frontend, protos, clients) in FRONTENDS {
+        for from in *clients {
+            let ns = if *from == OUTSIDE { lab.client_ns.clone() } else { lab.pod(from).ns.clone() };
             for proto in *protos {
-                let replies = lab.requests(&lab.pod(from).ns, proto, frontend, REQUESTS, 1000)?;
+                let replies = lab.requests(&ns, proto, frontend, REQUESTS, 1000)?;
                 let s = Summary::of(&replies);
                 all_ok &= s.failed == 0;
                 let backends = s.by_backend.iter().map(|(b, n)| format!("{b}:{n}")).collect::<Vec<_>>().join(" ");
                 let from_addrs = s.replies_from.keys().cloned().collect::<Vec<_>>().join(",");
                 let seen = s.sources_seen.keys().cloned().collect::<Vec<_>>().join(",");
                 println!(
-                    "{:<16} {:<15} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<15} {:>6} {:>6}",
+                    "{:<16} {:<17} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<17} {:>6} {:>6}",
                     service,
                     frontend,
                     from,
@@ -68,6 +79,10 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("\nANSWERED BY: pod name each backend answered with; BACKEND SAW: the source address it saw;");
     println!("REPLY FROM: the source of the replies the client got. api lists web-3 as not ready.");
+    println!("From outside, web's NodePort and LoadBalancer traffic is SNATed to the node it entered (externalTrafficPolicy: Cluster).");
+    let refused = refusals(&lab)?;
+    all_ok &= refused;
+    println!("\nnode-1 `proxy-agent list services`:\n{}", lab.agent_command(0, &["list", "services"])?);
     for (n, node) in lab.nodes.iter().enumerate() {
         let counters = lab.agent_command(n, &["counters"])?;
         let line = counters.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join("=")).collect::<Vec<_>>().join(" ");
@@ -90,6 +105,27 @@ pub fn run() -> anyhow::Result<()> {
     ensure!(all_ok, "some requests failed");
     ensure!(left_ns.is_empty() && left_pins.is_empty(), "the demo left something behind");
     Ok(())
+}
+
+/// Requests to an unallocated service address: refused at once, not left to
+/// time out.
+fn refusals(lab: &Lab) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for proto in ["tcp", "udp-connected"] {
+        let replies = lab.requests(&lab.pod("client-a").ns, proto, UNALLOCATED, 5, 1000)?;
+        let s = Summary::of(&replies);
+        let refused = s.errors.iter().filter(|(e, _)| e.to_lowercase().contains("refused")).map(|(_, n)| n).sum::<usize>();
+        let slowest = replies.iter().map(|r| match r {
+            proxy_lab::Reply::Ok { micros, .. } | proxy_lab::Reply::Err { micros, .. } => *micros,
+        });
+        println!(
+            "{UNALLOCATED} (no such Service) from client-a {}: {refused}/5 refused, slowest in {} µs (client timeout 1 s)",
+            proto.to_uppercase(),
+            slowest.max().unwrap_or(0)
+        );
+        ok &= refused == 5;
+    }
+    Ok(ok)
 }
 
 fn lab_pods(lab: &Lab) -> String {

@@ -99,6 +99,12 @@ impl LiveModel {
         &self.config
     }
 
+    /// How many Services ask for at least one frontend: counted over the
+    /// per-Service fragments, without visiting every frontend's strings.
+    pub fn services_with_frontends(&self) -> usize {
+        self.fragments.values().filter(|f| !f.frontends.is_empty()).count()
+    }
+
     /// Starts over from every object the source holds, for `config`.
     /// Returns every frontend that was or is in the model.
     pub fn replace_all(

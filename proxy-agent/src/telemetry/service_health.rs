@@ -29,7 +29,8 @@ pub struct HealthCheck {
 /// Service in name order keeps it, on every node alike.
 pub fn health_checks(model: &Model) -> Vec<HealthCheck> {
     let mut by_port: BTreeMap<u16, HealthCheck> = BTreeMap::new();
-    let mut entries: Vec<_> = model.frontends.values().collect();
+    // Only the few with a health check are sorted, not every frontend.
+    let mut entries: Vec<_> = model.frontends.values().filter(|e| e.health_check_node_port.is_some()).collect();
     entries.sort_by(|a, b| a.service.cmp(&b.service));
     for entry in entries {
         let Some(port) = entry.health_check_node_port else { continue };
