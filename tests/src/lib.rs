@@ -13,6 +13,7 @@
 pub mod apiserver;
 pub mod cmd;
 pub mod control_plane;
+pub mod kube_proxy_rules;
 pub mod lab;
 pub mod manifests;
 pub mod privilege;
