@@ -253,6 +253,14 @@ impl Lab {
         self.spawn_agent(node, &["--manifests", &manifests])
     }
 
+    /// Like `start_agent`, with more `run` arguments (`--node-ip`, ...).
+    pub fn start_agent_with(&self, node: usize, extra: &[&str]) -> anyhow::Result<Agent> {
+        let manifests = self.manifests.to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", manifests.as_str()];
+        args.extend_from_slice(extra);
+        self.spawn_agent(node, &args)
+    }
+
     /// Starts the agent of `node` on the lab's API server (see `start_apiserver`).
     pub fn start_agent_on_api(&self, node: usize) -> anyhow::Result<Agent> {
         let kubeconfig = self.kubeconfig().to_string_lossy().into_owned();

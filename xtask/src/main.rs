@@ -1,5 +1,6 @@
 //! Orchestration only: toolchain set-up, builds, the lab demo, test runs.
 
+mod bench;
 mod demo;
 mod setup;
 mod workspace;
@@ -27,6 +28,8 @@ enum Command {
     },
     /// Start the lab, run the agent on the example manifests, send traffic, print what answered.
     Demo,
+    /// Benchmark against kube-proxy's iptables and nftables modes (as root; not part of `test`).
+    Bench(bench::BenchArgs),
     /// Remove lab namespaces and mounts left by killed runs.
     LabClean,
 }
@@ -47,6 +50,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             workspace::build()?;
             demo::run()
+        }
+        Command::Bench(args) => {
+            setup::run()?;
+            bench::run(args)
         }
         Command::LabClean => {
             proxy_lab::lab::remove_stale_labs();

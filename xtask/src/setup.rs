@@ -14,6 +14,10 @@ const DEBIAN: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("curl", "curl"),
+    // The benchmark's kube-proxy baselines and its chart's font.
+    ("iptables-restore", "iptables"),
+    ("nft", "nftables"),
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -45,7 +49,7 @@ pub fn run() -> anyhow::Result<()> {
         .into_iter()
         .collect();
     if missing.is_empty() {
-        present.push("iproute2, ethtool, curl".into());
+        present.push(DEBIAN.iter().map(|(_, pkg)| *pkg).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "));
     } else {
         install_debian(&missing)?;
         installed.extend(missing.iter().map(|s| s.to_string()));
@@ -95,6 +99,9 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
+    if cmd.starts_with('/') {
+        return Some(PathBuf::from(cmd)).filter(|p| p.is_file());
+    }
     std::env::split_paths(&path_with_cargo_bin())
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(cmd))

@@ -63,6 +63,9 @@ pub struct Cluster {
     /// Pod CIDR: traffic from outside it to a ClusterIP is masqueraded.
     pub cluster_cidr: String,
     pub service_cidr: String,
+    /// A real backend no target uses: what an endpoint change on a target
+    /// swaps in, so traffic keeps being answered.
+    pub spare_endpoint: Option<Ipv4Addr>,
 }
 
 /// What `Cluster::synthetic` builds.
@@ -73,6 +76,7 @@ pub struct SyntheticSpec {
     pub endpoints_per_service: usize,
     /// The real backends of the target Services.
     pub target_endpoints: Vec<Ipv4Addr>,
+    pub spare_endpoint: Option<Ipv4Addr>,
     /// Index of the second target Service (the first is always last);
     /// `None` when there is room for only one.
     pub random_position: Option<usize>,
@@ -137,6 +141,7 @@ impl Cluster {
             services,
             cluster_cidr: "10.244.0.0/16".into(),
             service_cidr: "10.96.0.0/16".into(),
+            spare_endpoint: spec.spare_endpoint,
         }
     }
 
@@ -160,14 +165,19 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// Replaces the first endpoint of Service `index` with a fresh idle
-    /// address (`generation` makes successive changes differ). Returns the
-    /// address removed.
+    /// Replaces the first endpoint of Service `index`: on a target with the
+    /// spare backend, elsewhere with a fresh idle address (`generation`
+    /// makes successive changes differ). Returns the address removed.
     pub fn replace_first_endpoint(&mut self, index: usize, generation: u32) -> Option<Ipv4Addr> {
+        let spare = self.spare_endpoint;
         let service = &mut self.services[index];
+        let is_target = service.name.starts_with("target-");
         let first = service.endpoints.first_mut()?;
         let old = *first;
-        *first = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 190, 0, 0)) + (index as u32) * 64 + generation % 64);
+        *first = match spare {
+            Some(spare) if is_target => spare,
+            _ => Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 190, 0, 0)) + (index as u32) * 64 + generation % 64),
+        };
         Some(old)
     }
 
@@ -237,6 +247,7 @@ mod tests {
             services,
             endpoints_per_service: 10,
             target_endpoints: vec![Ipv4Addr::new(10, 244, 1, 11), Ipv4Addr::new(10, 244, 2, 10)],
+            spare_endpoint: Some(Ipv4Addr::new(10, 244, 2, 11)),
             random_position,
         }
     }
@@ -267,11 +278,13 @@ mod tests {
     }
 
     #[test]
-    fn a_single_service_is_the_target() {
-        let c = Cluster::synthetic(&spec(1, None));
+    fn a_single_service_is_the_target_and_changes_to_the_spare() {
+        let mut c = Cluster::synthetic(&spec(1, None));
         assert_eq!(c.services.len(), 1);
         assert_eq!(c.services[0].name, TARGET_LAST);
         assert_eq!(c.change_candidate(), 0);
+        c.replace_first_endpoint(0, 1);
+        assert_eq!(c.services[0].endpoints, vec![Ipv4Addr::new(10, 244, 2, 11), Ipv4Addr::new(10, 244, 2, 10)]);
     }
 
     #[test]

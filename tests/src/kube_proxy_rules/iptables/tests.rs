@@ -29,6 +29,7 @@ fn cluster(services: Vec<Service>) -> Cluster {
         services,
         cluster_cidr: "10.0.0.0/8".into(),
         service_cidr: "172.30.0.0/16".into(),
+        spare_endpoint: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn golden_cluster() -> Cluster {
         ],
         cluster_cidr: "10.0.0.0/8".into(),
         service_cidr: "172.30.0.0/16".into(),
+        spare_endpoint: None,
     }
 }
 
