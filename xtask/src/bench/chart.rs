@@ -9,6 +9,7 @@ use std::path::Path;
 use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
 use anyhow::Context;
 use plotters::backend::BitMapBackend;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use plotters_backend::text_anchor::{HPos, VPos};
 use plotters_backend::{BackendColor, BackendCoord, DrawingErrorKind};
@@ -17,7 +18,7 @@ use super::modes::Mode;
 use super::stats::{Metric, Samples};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const SIZE: (u32, u32) = (1400, 560);
+const SIZE: (u32, u32) = (1800, 560);
 
 pub fn draw(samples: &Samples, sizes: &[usize], path: &Path) -> anyhow::Result<()> {
     let font = FontVec::try_from_vec(std::fs::read(FONT).with_context(|| format!("reading {FONT} (Debian package fonts-dejavu-core)"))?)
@@ -28,9 +29,10 @@ pub fn draw(samples: &Samples, sizes: &[usize], path: &Path) -> anyhow::Result<(
     };
     let root = backend.into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
-    let (left, right) = root.split_horizontally(SIZE.0 / 2);
-    panel(&left, samples, sizes, Metric::ConnectLast, "New connections per second (target Service last)")?;
-    panel(&right, samples, sizes, Metric::KeepaliveP50, "Keep-alive request latency, p50 (µs)")?;
+    let panels = root.split_evenly((1, 3));
+    panel(&panels[0], samples, sizes, Metric::ConnectLast, "New connections/s (target Service last)", false)?;
+    panel(&panels[1], samples, sizes, Metric::KeepaliveP50, "Keep-alive request latency, p50 (µs)", false)?;
+    panel(&panels[2], samples, sizes, Metric::Program, "Program N Services from empty (ms, log)", true)?;
     root.present().map_err(plot_error)?;
     Ok(())
 }
@@ -44,7 +46,14 @@ fn color(mode: Mode) -> RGBColor {
     }
 }
 
-fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, samples: &Samples, sizes: &[usize], metric: Metric, title: &str) -> anyhow::Result<()>
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    samples: &Samples,
+    sizes: &[usize],
+    metric: Metric,
+    title: &str,
+    log_y: bool,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -58,20 +67,35 @@ where
             (mode, points)
         })
         .collect();
-    let y_max = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y)).fold(1.0, f64::max) * 1.15;
+    let ys = || series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
+    let y_max = ys().fold(1.0, f64::max) * 1.15;
     let x_max = sizes.iter().copied().max().unwrap_or(1).max(10) as f64 * 2.0;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(70)
-        .build_cartesian_2d((0.8f64..x_max).log_scale(), 0f64..y_max)
-        .map_err(plot_error)?;
+    let mut builder = ChartBuilder::on(area);
+    builder.caption(title, ("sans-serif", 22)).margin(16).x_label_area_size(48).y_label_area_size(70);
+    let x = (0.8f64..x_max).log_scale();
+    if log_y {
+        let y_min = ys().fold(f64::MAX, f64::min).min(y_max / 10.0) / 2.0;
+        let chart = builder.build_cartesian_2d(x, (y_min..y_max * 2.0).log_scale()).map_err(plot_error)?;
+        draw_lines(chart, series, &|v| format!("{v}"), SeriesLabelPosition::UpperLeft)
+    } else {
+        let chart = builder.build_cartesian_2d(x, 0f64..y_max).map_err(plot_error)?;
+        draw_lines(chart, series, &|v| format!("{v:.0}"), SeriesLabelPosition::UpperRight)
+    }
+}
+
+type Series = Vec<(Mode, Vec<(f64, f64)>)>;
+
+fn draw_lines<'a, DB: DrawingBackend + 'a, X, Y>(mut chart: ChartContext<'a, DB, Cartesian2d<X, Y>>, series: Series, y_label: &dyn Fn(&f64) -> String, legend: SeriesLabelPosition) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_desc("Services (N, log scale)")
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(y_label)
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(plot_error)?;
@@ -89,7 +113,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
@@ -211,5 +235,38 @@ impl<'a> DrawingBackend for GlyphText<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Draws from made-up samples; the file is a PNG of the chart's size.
+    /// Needs the font setup installs.
+    #[test]
+    fn draws_a_png_of_three_panels() {
+        if !Path::new(FONT).exists() {
+            eprintln!("SKIPPED: {FONT} missing (cargo xtask setup installs it)");
+            return;
+        }
+        let mut s = Samples::default();
+        for (i, n) in [1usize, 1000, 10_000].into_iter().enumerate() {
+            for (k, mode) in [Mode::Direct, Mode::Iptables, Mode::Nftables, Mode::Agent].into_iter().enumerate() {
+                let f = (i + 1) as f64 * (k + 1) as f64;
+                s.add(n, mode, Metric::ConnectLast, Some(5000.0 / f));
+                s.add(n, mode, Metric::KeepaliveP50, Some(20.0 + f));
+                if mode != Mode::Direct {
+                    s.add(n, mode, Metric::Program, Some(10f64.powi(i as i32) * f));
+                }
+            }
+        }
+        let path = std::env::temp_dir().join(format!("bench-chart-test-{}.png", std::process::id()));
+        draw(&s, &[1, 1000, 10_000], &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(&bytes[1..4], b"PNG");
+        let (w, h) = (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
+        assert_eq!((w, h), SIZE);
     }
 }

@@ -106,8 +106,18 @@ fn cell(s: Option<Spread>) -> String {
 
 fn ratio(ours: Option<Spread>, base: Option<Spread>) -> String {
     match (ours, base) {
-        (Some(o), Some(b)) if b.median > 0.0 => format!("{:.2}", o.median / b.median),
+        (Some(o), Some(b)) if b.median > 0.0 => two_digits(o.median / b.median),
         _ => "n/a".into(),
+    }
+}
+
+/// A ratio with two significant digits (0.0021, 0.23, 1.5, 24).
+fn two_digits(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.0}")
+    } else {
+        let decimals = (1 - r.log10().floor() as i32).max(1) as usize;
+        format!("{r:.decimals$}")
     }
 }
 
@@ -169,6 +179,10 @@ mod tests {
         assert_eq!(short(12345.4), "12,345");
         assert_eq!(short(123.4), "123");
         assert_eq!(short(1.234), "1.23");
+        assert_eq!(two_digits(0.00213), "0.0021");
+        assert_eq!(two_digits(0.234), "0.23");
+        assert_eq!(two_digits(1.5), "1.5");
+        assert_eq!(two_digits(29.99), "30");
     }
 
     #[test]
@@ -189,6 +203,6 @@ mod tests {
         s.add(1000, Mode::Agent, Metric::ConnectLast, Some(500.0));
         let md = markdown(&s, &[1000], &m, Duration::from_secs(3), false);
         assert!(md.contains("### N = 1,000 Services"), "{md}");
-        assert!(md.contains("| new connections/s, target last | 600 [600–600] (1) | 100 [100–100] (1) | n/a | 400 [300–500] (2) | 4.00 | n/a | 0.67 |"), "{md}");
+        assert!(md.contains("| new connections/s, target last | 600 [600–600] (1) | 100 [100–100] (1) | n/a | 400 [300–500] (2) | 4.0 | n/a | 0.67 |"), "{md}");
     }
 }
