@@ -9,5 +9,7 @@ pub mod cluster;
 pub mod iptables;
 pub mod names;
 pub mod nftables;
+#[cfg(test)]
+mod test_support;
 
 pub use cluster::{Cluster, SyntheticSpec};

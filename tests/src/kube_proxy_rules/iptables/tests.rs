@@ -6,32 +6,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::kube_proxy_rules::cluster::{Cluster, Protocol, Service, ServicePort};
-
-fn svc(ns: &str, name: &str, ip: [u8; 4], node_port: Option<u16>, endpoints: &[[u8; 4]]) -> Service {
-    Service {
-        namespace: ns.into(),
-        name: name.into(),
-        cluster_ip: Ipv4Addr::from(ip),
-        ports: vec![ServicePort {
-            name: "p80".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: 80,
-            node_port,
-        }],
-        endpoints: endpoints.iter().map(|e| Ipv4Addr::from(*e)).collect(),
-    }
-}
-
-fn cluster(services: Vec<Service>) -> Cluster {
-    Cluster {
-        services,
-        cluster_cidr: "10.0.0.0/8".into(),
-        service_cidr: "172.30.0.0/16".into(),
-        spare_endpoint: None,
-    }
-}
+use crate::kube_proxy_rules::cluster::Service;
+use crate::kube_proxy_rules::test_support::{cluster, svc};
 
 /// Each table's lines, sorted, as kube-proxy's assertIPTablesRulesEqual
 /// compares them. kube-proxy's fake iptables has no `--random-fully`.

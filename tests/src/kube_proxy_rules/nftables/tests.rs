@@ -8,35 +8,15 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::kube_proxy_rules::cluster::{Cluster, Protocol, Service, ServicePort};
-
-fn svc(ns: &str, name: &str, ip: [u8; 4], node_port: Option<u16>, endpoints: &[[u8; 4]]) -> Service {
-    Service {
-        namespace: ns.into(),
-        name: name.into(),
-        cluster_ip: Ipv4Addr::from(ip),
-        ports: vec![ServicePort {
-            name: "p80".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: 80,
-            node_port,
-        }],
-        endpoints: endpoints.iter().map(|e| Ipv4Addr::from(*e)).collect(),
-    }
-}
+use crate::kube_proxy_rules::cluster::Cluster;
+use crate::kube_proxy_rules::test_support::{cluster, svc};
 
 fn golden_cluster() -> Cluster {
-    Cluster {
-        services: vec![
-            svc("ns1", "svc1", [172, 30, 0, 41], None, &[[10, 180, 0, 1]]),
-            svc("ns3", "svc3", [172, 30, 0, 43], Some(3003), &[[10, 180, 0, 3]]),
-            svc("ns4", "svc4", [172, 30, 0, 44], None, &[[10, 180, 0, 4], [10, 180, 0, 5]]),
-        ],
-        cluster_cidr: "10.0.0.0/8".into(),
-        service_cidr: "172.30.0.0/16".into(),
-        spare_endpoint: None,
-    }
+    cluster(vec![
+        svc("ns1", "svc1", [172, 30, 0, 41], None, &[[10, 180, 0, 1]]),
+        svc("ns3", "svc3", [172, 30, 0, 43], Some(3003), &[[10, 180, 0, 3]]),
+        svc("ns4", "svc4", [172, 30, 0, 44], None, &[[10, 180, 0, 4], [10, 180, 0, 5]]),
+    ])
 }
 
 const SERVICES: &str = r#"
