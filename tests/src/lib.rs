@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod bench_sync;
 pub mod cmd;
 pub mod control_plane;
+pub mod kube_proxy_rules;
 pub mod lab;
 pub mod manifests;
 pub mod privilege;

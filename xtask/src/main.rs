@@ -1,6 +1,7 @@
 //! Orchestration only: toolchain set-up, builds, the lab demo, test runs.
 
 mod bench_sync;
+mod bench;
 mod demo;
 mod e2e_kind;
 mod image;
@@ -31,6 +32,8 @@ enum Command {
     },
     /// Start the lab, run the agent on the example manifests, send traffic, print what answered.
     Demo,
+    /// Benchmark against kube-proxy's iptables and nftables modes (as root; not part of `test`).
+    Bench(bench::BenchArgs),
     /// Remove lab namespaces and mounts left by killed runs.
     LabClean,
     /// Render manifests/ and validate every manifest against the Kubernetes schemas, offline.
@@ -71,6 +74,10 @@ fn main() -> anyhow::Result<()> {
         Command::BenchSync(args) => {
             setup::run()?;
             bench_sync::run(args)
+        }
+        Command::Bench(args) => {
+            setup::run()?;
+            bench::run(args)
         }
         Command::LabClean => {
             proxy_lab::lab::remove_stale_labs();

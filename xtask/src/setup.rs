@@ -16,6 +16,10 @@ const DEBIAN: &[(&str, &str)] = &[
     ("curl", "curl"),
     // The upgrade test makes a map in an older layout with it.
     ("bpftool", "bpftool"),
+    // The benchmark's kube-proxy baselines and its chart's font.
+    ("iptables-restore", "iptables"),
+    ("nft", "nftables"),
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -47,7 +51,7 @@ pub fn run() -> anyhow::Result<()> {
         .into_iter()
         .collect();
     if missing.is_empty() {
-        present.push("iproute2, ethtool, curl, bpftool".into());
+        present.push(DEBIAN.iter().map(|(_, pkg)| *pkg).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "));
     } else {
         install_debian(&missing)?;
         installed.extend(missing.iter().map(|s| s.to_string()));
@@ -102,6 +106,9 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
+    if cmd.starts_with('/') {
+        return Some(PathBuf::from(cmd)).filter(|p| p.is_file());
+    }
     std::env::split_paths(&path_with_cargo_bin())
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(cmd))

@@ -9,10 +9,13 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
 /// The debug profile's output directory.
 pub fn bin_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    target.join("debug")
+    target_dir().join("debug")
 }
 
 pub fn cargo() -> Command {
@@ -30,6 +33,23 @@ pub fn build() -> anyhow::Result<()> {
         bail!("build failed");
     }
     Ok(())
+}
+
+/// Optimised agent and lab programs, for the benchmark: kube-proxy's
+/// side is optimised C (iptables-restore, nft), so ours is too.
+pub fn build_release() -> anyhow::Result<()> {
+    let status = cargo()
+        .args(["build", "--quiet", "--release", "--package", "proxy-agent", "--package", "proxy-tests", "--bins"])
+        .status()
+        .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("release build failed");
+    }
+    Ok(())
+}
+
+pub fn release_binaries() -> proxy_lab::Binaries {
+    proxy_lab::Binaries::in_dir(&target_dir().join("release"))
 }
 
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
