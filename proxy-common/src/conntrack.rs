@@ -108,6 +108,32 @@ pub mod ct_flags {
     /// destination is one of the node's own addresses, which the stack's
     /// input path would drop as martian.
     pub const REDIRECT: u16 = 1 << 1;
+    /// A TCP FIN or RST went through: once idle for
+    /// [`super::CLOSED_IDLE_NS`], the flow's tuple may be reused by another.
+    pub const CLOSING: u16 = 1 << 2;
+}
+
+/// When a tracked flow counts as over, so its SNAT port can be claimed by a
+/// new flow: a TCP connection closed (FIN or RST seen) and then idle this
+/// long (the peer's retransmissions of its last segments are long done).
+pub const CLOSED_IDLE_NS: u64 = 10_000_000_000;
+/// A UDP flow idle this long (netfilter's `nf_conntrack_udp_timeout`).
+pub const UDP_IDLE_NS: u64 = 30_000_000_000;
+/// A TCP connection idle this long without a FIN or RST (a peer that
+/// vanished); netfilter keeps established ones for 5 days, which would let
+/// dead connections hold SNAT ports for as long.
+pub const TCP_IDLE_NS: u64 = 7_200_000_000_000;
+
+/// Whether the flow an entry records is over at `now_ns`, by the rules above.
+pub const fn flow_is_over(entry: &CtValue, proto: u8, now_ns: u64) -> bool {
+    let idle = now_ns.wrapping_sub(entry.last_seen_ns);
+    if proto == crate::IPPROTO_UDP {
+        return idle > UDP_IDLE_NS;
+    }
+    if entry.flags & ct_flags::CLOSING != 0 {
+        return idle > CLOSED_IDLE_NS;
+    }
+    idle > TCP_IDLE_NS
 }
 
 const _: () = assert!(size_of::<CtKey>() == 16);
@@ -120,6 +146,35 @@ pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(flags: u16, last_seen_ns: u64) -> CtValue {
+        CtValue {
+            backend_id: 1,
+            rev_nat_index: 1,
+            nat_addr: 0,
+            nat_port: 0,
+            flags,
+            created_ns: 0,
+            last_seen_ns,
+            peer_addr: 0,
+            peer_port: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn flows_are_over_after_their_protocols_idle_time() {
+        let s = 1_000_000_000u64;
+        let t0 = 1000 * s;
+        // UDP: 30 s idle.
+        assert!(!flow_is_over(&entry(0, t0), 17, t0 + 29 * s));
+        assert!(flow_is_over(&entry(0, t0), 17, t0 + 31 * s));
+        // TCP closed: 10 s idle; open: two hours.
+        assert!(flow_is_over(&entry(ct_flags::CLOSING, t0), 6, t0 + 11 * s));
+        assert!(!flow_is_over(&entry(0, t0), 6, t0 + 11 * s));
+        assert!(!flow_is_over(&entry(0, t0), 6, t0 + 7000 * s));
+        assert!(flow_is_over(&entry(0, t0), 6, t0 + 7300 * s));
+    }
 
     #[test]
     fn reply_key_swaps_ends_and_uses_backend() {

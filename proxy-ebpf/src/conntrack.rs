@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     config::snat_port,
-    conntrack::{ct_flags, LAST_SEEN_GRANULARITY_NS},
+    conntrack::{ct_flags, flow_is_over, LAST_SEEN_GRANULARITY_NS},
     Backend, CtDirection, CtKey, CtValue, DatapathConfig, ServiceValue,
 };
 
@@ -38,12 +38,34 @@ pub fn ct4_lookup_original(key: &CtKey, svc: &ServiceValue) -> Option<*mut CtVal
     Some(entry)
 }
 
-/// Reply entry for a packet coming back from a backend.
+/// Reply entry for a packet coming back from a backend; `closing` when the
+/// packet is a TCP FIN or RST.
 #[inline(always)]
-pub fn ct4_lookup_reply(key: &CtKey) -> Option<CtValue> {
+pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     touch(entry, now_ns());
+    if closing {
+        mark_closing(entry);
+    }
     Some(unsafe { *entry })
+}
+
+/// Marks the reply entry of a flow whose client sent a FIN or RST: it is the
+/// entry that holds the flow's SNAT claim.
+#[inline(always)]
+pub fn ct4_mark_closing(reply: &CtKey) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(reply) {
+        mark_closing(entry);
+    }
+}
+
+#[inline(always)]
+fn mark_closing(entry: *mut CtValue) {
+    unsafe {
+        if (*entry).flags & ct_flags::CLOSING == 0 {
+            (*entry).flags |= ct_flags::CLOSING;
+        }
+    }
 }
 
 /// Moves `last_seen_ns` forward when it is more than the granularity old;
@@ -114,19 +136,26 @@ pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, nat: &Nat) -> Result<(), i64
 
 /// Like [`ct4_create`] for a flow SNATed to `snat_addr` on a port of the
 /// configured range. The reply entry is inserted only if absent, which claims
-/// the port atomically: two flows can never share a reply tuple. Returns the
+/// the port atomically: two flows can never share a reply tuple. A port held
+/// by a flow that is over (see `flow_is_over`) is taken over. Returns the
 /// port (network byte order), or `None` when every attempt found its port
 /// taken.
 #[inline(always)]
 pub fn ct4_create_snat(orig: &CtKey, svc: &ServiceValue, nat: &mut Nat, config: &DatapathConfig) -> Result<Option<u16>, i64> {
     let now = now_ns();
-    let random = unsafe { bpf_get_prandom_u32() };
     let mut attempt = 0;
     while attempt < SNAT_ATTEMPTS {
-        nat.src_port = snat_port(random, attempt, config.snat_port_min, config.snat_port_max).to_be();
+        // Independent random probes: consecutive ones would keep landing in
+        // the same run of taken ports once the range fills up.
+        let random = unsafe { bpf_get_prandom_u32() };
+        nat.src_port = snat_port(random, 0, config.snat_port_min, config.snat_port_max).to_be();
         let fwd = original_value(svc, nat, now);
         let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, nat.src_addr, nat.src_port);
-        if insert(&reply, &reply_value(orig, &fwd, now), BPF_NOEXIST).is_ok() {
+        let value = reply_value(orig, &fwd, now);
+        let claimed = insert(&reply, &value, BPF_NOEXIST).is_ok()
+            || (unsafe { CONNTRACK.get(&reply) }.is_some_and(|held| flow_is_over(held, orig.proto, now))
+                && insert(&reply, &value, BPF_ANY).is_ok());
+        if claimed {
             insert(orig, &fwd, BPF_ANY)?;
             return Ok(Some(nat.src_port));
         }

@@ -5,13 +5,16 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::error;
 use proxy_common::{
-    conntrack::ct_flags,
+    conntrack::{ct_flags, flow_is_over},
     maps::{scope, service_flags},
     CtDirection, CtKey, CtValue, Verdict,
 };
 
 use crate::{
-    conntrack::{ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_refresh, ct_key, Nat},
+    conntrack::{
+        ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_refresh, ct_key,
+        now_ns, source_after_nat, Nat,
+    },
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend_for, lb4_source_allowed, Frontend, Role},
     maps::config,
     packet::Flow,
@@ -50,7 +53,7 @@ impl Rewrite {
 
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
-    if let Some(entry) = ct4_lookup_reply(&ct_key(flow, CtDirection::Reply)) {
+    if let Some(entry) = ct4_lookup_reply(&ct_key(flow, CtDirection::Reply), flow.is_tcp_close()) {
         return Decision::Rewrite(reverse(&entry));
     }
 
@@ -68,7 +71,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
     }
 
     let orig = ct_key(flow, CtDirection::Original);
-    let nat = match known_flow(&orig, &frontend) {
+    let nat = match known_flow(flow, &orig, &frontend) {
         Some(Ok(nat)) => nat,
         Some(Err(e)) => {
             error!(ctx, "conntrack update failed: {}", e);
@@ -111,12 +114,31 @@ fn reverse(entry: &CtValue) -> Rewrite {
     }
 }
 
+/// How long a connection's first SYN may be retransmitted onto its entry
+/// (Linux retries at 1, 3, 7 s): a SYN on an older entry opens a new
+/// connection that reuses an old one's ports (the client's TIME_WAIT is over),
+/// and gets a backend chosen afresh rather than the old connection's, which
+/// may have left the Service since.
+const SYN_RETRANSMIT_WINDOW_NS: u64 = 10_000_000_000;
+
 /// The translation of a flow seen before, if its backend is still there.
 #[inline(always)]
-fn known_flow(orig: &CtKey, frontend: &Frontend) -> Option<Result<Nat, i64>> {
+fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<Nat, i64>> {
     let entry = ct4_lookup_original(orig, &frontend.svc)?;
     let value: CtValue = unsafe { *entry };
+    let now = now_ns();
+    // Over (its SNAT port may belong to another flow by now), or a new
+    // connection on an old one's ports: a new flow.
+    if flow_is_over(&value, flow.proto, now)
+        || (flow.is_tcp_open() && now.wrapping_sub(value.created_ns) > SYN_RETRANSMIT_WINDOW_NS)
+    {
+        return None;
+    }
     let backend = lb4_lookup_backend(value.backend_id)?;
+    if flow.is_tcp_close() {
+        let (src_addr, src_port) = source_after_nat(orig, &value);
+        ct4_mark_closing(&orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port));
+    }
     Some(ct4_refresh(entry, orig, &backend).map(|()| Nat {
         backend_id: value.backend_id,
         backend,

@@ -55,9 +55,29 @@ pub struct Flow {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
 }
 
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
 impl Flow {
+    /// A TCP SYN without ACK: the first packet of a new connection (or a
+    /// retransmission of it).
+    #[inline(always)]
+    pub fn is_tcp_open(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A TCP FIN or RST: the connection is ending.
+    #[inline(always)]
+    pub fn is_tcp_close(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
@@ -104,6 +124,7 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
     let l4_off = l3_off + ihl;
     let sport = ctx.load_at::<u16>(l4_off)?;
     let dport = ctx.load_at::<u16>(l4_off + 2)?;
+    let tcp_flags = if proto == IPPROTO_TCP { ctx.load_at::<u8>(l4_off + 13)? } else { 0 };
     Ok(Parsed::Flow(Flow {
         l3_off,
         ihl,
@@ -114,5 +135,6 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
         daddr,
         sport,
         dport,
+        tcp_flags,
     }))
 }

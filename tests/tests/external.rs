@@ -355,3 +355,37 @@ fn session_affinity_keeps_each_client_on_one_backend_until_the_timeout() {
     assert_eq!(s.failed, 0, "{:?}", s.errors);
     assert!(s.by_backend.len() > 1, "affinity outlived its 1 s timeout: {:?}", s.by_backend);
 }
+
+/// SNAT ports are claimed per flow and given back when the flow is over: a
+/// flood of short UDP flows through a NodePort fills the port range (61000-
+/// 65535 per backend), new flows are dropped and counted while it is full,
+/// and once the old flows have been idle for the UDP timeout (30 s) every
+/// new flow gets a port again.
+#[test]
+fn snat_ports_of_finished_udp_flows_are_reused() {
+    if !require_root("snat_ports_of_finished_udp_flows_are_reused") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut np = web(lab, "np", "10.96.1.10");
+        np.node_port = Some(30080);
+        vec![np]
+    });
+    let target = format!("{}:30080", lab.node_ip(0));
+    let flood = || Summary::of(&lab.requests(&lab.client_ns, "udp", &target, 4000, 100).unwrap());
+    let mut failed = 0;
+    for _ in 0..4 {
+        failed += flood().failed;
+        if counter(&counters(&lab, 0), "snat_exhausted") > 0 {
+            break;
+        }
+    }
+    let exhausted = counter(&counters(&lab, 0), "snat_exhausted");
+    println!("range full: {failed} requests failed, snat_exhausted {exhausted}");
+    assert!(exhausted > 0, "16,000 flows over 3 backends should fill 3 x 4,536 ports");
+    std::thread::sleep(std::time::Duration::from_secs(31));
+    let s = flood();
+    println!("after 31 s idle: {} of {} failed", s.failed, s.sent);
+    assert_eq!(s.failed, 0, "{:?}", s.errors);
+    assert_eq!(counter(&counters(&lab, 0), "snat_exhausted"), exhausted, "ports were not given back");
+}
