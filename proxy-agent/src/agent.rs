@@ -88,7 +88,8 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let _logger = spawn_ebpf_logger(&mut ebpf);
     let mut maps = PinnedMaps::open(&layout)?;
     let mut attached = false;
-    datapath_config::warn_if_ports_overlap();
+    datapath_config::warn_about(&args.service_cidr);
+    let mut written_config = None;
     telemetry.attach_datapath(&layout);
     let mut sync = Sync::adopt(&maps)?;
     let mut config = Config {
@@ -104,7 +105,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     source.wait_ready(started).await?;
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
-        datapath_config::write(&mut maps, &config, &args.service_cidr);
+        datapath_config::write(&mut maps, &config, &args.service_cidr, &mut written_config);
         // A new node address or zone changes every Service's frontends.
         let node_changed = &config != sync.model.config();
         let sync_started = telemetry.sync_started();

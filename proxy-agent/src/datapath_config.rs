@@ -41,29 +41,43 @@ fn cidr4(cidr: &Cidr) -> Cidr4 {
     }
 }
 
-/// Writes the config map when it differs from what it holds.
-pub fn write(maps: &mut PinnedMaps, config: &Config, service_cidrs: &[Cidr]) {
-    if service_cidrs.len() > MAX_SERVICE_CIDRS {
-        tracing::warn!(given = service_cidrs.len(), used = MAX_SERVICE_CIDRS, "too many --service-cidr ranges; the rest are ignored");
-    }
+/// Writes the config map when it differs from what was last written there
+/// (`written`; read from the map the first time, so a restarted agent
+/// rewrites nothing).
+pub fn write(maps: &mut PinnedMaps, config: &Config, service_cidrs: &[Cidr], written: &mut Option<DatapathConfig>) {
     let wanted = datapath_config(config, service_cidrs);
-    if maps.config().ok() == Some(wanted) {
+    if written.is_none() {
+        *written = maps.config().ok();
+    }
+    if *written == Some(wanted) {
         return;
     }
     match maps.set_config(&wanted) {
-        Ok(()) => tracing::info!(
-            snat_addr = %Ipv4Addr::from(wanted.snat_addr.to_ne_bytes()),
-            snat_ports = format!("{}-{}", wanted.snat_port_min, wanted.snat_port_max),
-            service_cidrs = ?service_cidrs,
-            "datapath config written"
-        ),
+        Ok(()) => {
+            *written = Some(wanted);
+            tracing::info!(
+                snat_addr = %Ipv4Addr::from(wanted.snat_addr.to_ne_bytes()),
+                snat_ports = format!("{}-{}", wanted.snat_port_min, wanted.snat_port_max),
+                service_cidrs = ?service_cidrs,
+                "datapath config written"
+            )
+        }
         Err(error) => tracing::error!(%error, "writing the datapath config failed"),
     }
 }
 
+/// Settings checks worth a warning, once at start-up: service ranges beyond
+/// the map's room, and SNAT ports that local sockets could also get.
+pub fn warn_about(service_cidrs: &[Cidr]) {
+    if service_cidrs.len() > MAX_SERVICE_CIDRS {
+        tracing::warn!(given = service_cidrs.len(), used = MAX_SERVICE_CIDRS, "too many --service-cidr ranges; the rest are ignored");
+    }
+    warn_if_ports_overlap();
+}
+
 /// SNAT ports are safe from local sockets only while the kernel's ephemeral
 /// range stays clear of them.
-pub fn warn_if_ports_overlap() {
+fn warn_if_ports_overlap() {
     let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
         return;
     };

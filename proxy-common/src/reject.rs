@@ -6,6 +6,7 @@
 //! program copies the offending packet's headers in, writes the result over
 //! the packet and sends it back out of the device it came from.
 
+use crate::csum::{checksum, sum_words};
 use crate::IPPROTO_TCP;
 
 pub const IPV4_HLEN: usize = 20;
@@ -29,28 +30,6 @@ const TCP_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 
-/// One's complement sum of big-endian 16-bit words, not yet folded.
-#[inline(always)]
-pub fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    if i < bytes.len() {
-        sum += u32::from(bytes[i]) << 8;
-    }
-    sum
-}
-
-/// Folds a sum into the 16-bit one's complement checksum, in host order.
-#[inline(always)]
-pub fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
 /// An IPv4 header with no options from `src` to `dst` (the bytes as in a
 /// packet), checksum filled in.
 #[inline(always)]
@@ -65,7 +44,7 @@ fn ipv4_header(out: &mut [u8], src: [u8; 4], dst: [u8; 4], proto: u8, total_len:
     out[11] = 0;
     out[12..16].copy_from_slice(&src);
     out[16..20].copy_from_slice(&dst);
-    let csum = fold(sum_words(&out[..IPV4_HLEN], 0));
+    let csum = checksum(sum_words(&out[..IPV4_HLEN], 0));
     out[10..12].copy_from_slice(&csum.to_be_bytes());
 }
 
@@ -109,7 +88,7 @@ pub fn tcp_reset(ip: &[u8; IPV4_HLEN], tcp: &[u8; TCP_HLEN], payload_len: u32) -
     out[t + 12] = (TCP_HLEN as u8 / 4) << 4;
     // Window, checksum and urgent pointer stay zero until the checksum below.
     let pseudo = sum_words(&src, 0) + sum_words(&dst, 0) + u32::from(IPPROTO_TCP) + TCP_HLEN as u32;
-    let csum = fold(sum_words(&out[t..], pseudo));
+    let csum = checksum(sum_words(&out[t..], pseudo));
     out[t + 16..t + 18].copy_from_slice(&csum.to_be_bytes());
     Some(out)
 }
@@ -128,7 +107,7 @@ pub fn icmp_port_unreachable(quote: &[u8; ICMP_QUOTE_LEN]) -> Option<[u8; ICMP_U
     out[i] = ICMP_DEST_UNREACH;
     out[i + 1] = ICMP_PORT_UNREACH;
     out[i + ICMP_HLEN..].copy_from_slice(quote);
-    let csum = fold(sum_words(&out[i..], 0));
+    let csum = checksum(sum_words(&out[i..], 0));
     out[i + 2..i + 4].copy_from_slice(&csum.to_be_bytes());
     Some(out)
 }
@@ -159,7 +138,7 @@ mod tests {
     const VIP: [u8; 4] = [10, 96, 0, 10];
 
     fn checksum_ok(bytes: &[u8], pseudo: u32) -> bool {
-        fold(sum_words(bytes, pseudo)) == 0
+        checksum(sum_words(bytes, pseudo)) == 0
     }
 
     #[test]

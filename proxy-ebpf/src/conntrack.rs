@@ -97,8 +97,7 @@ pub fn source_after_nat(orig: &CtKey, entry: &CtValue) -> (u32, u16) {
 /// the reply entry is checked too and written back if the LRU evicted it
 /// (the two directions are evicted independently).
 #[inline(always)]
-pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend) -> Result<(), i64> {
-    let now = now_ns();
+pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend, now: u64) -> Result<(), i64> {
     if !touch(entry, now) {
         return Ok(());
     }

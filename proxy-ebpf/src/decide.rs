@@ -139,7 +139,7 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
         let (src_addr, src_port) = source_after_nat(orig, &value);
         ct4_mark_closing(&orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port));
     }
-    Some(ct4_refresh(entry, orig, &backend).map(|()| Nat {
+    Some(ct4_refresh(entry, orig, &backend, now).map(|()| Nat {
         backend_id: value.backend_id,
         backend,
         flags: value.flags,

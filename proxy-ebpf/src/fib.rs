@@ -6,13 +6,15 @@
 //! packet is a local address, and the input path drops such packets as
 //! martians. It also skips a trip through the stack's routing.
 
-use core::{mem::size_of, ptr::null_mut};
+use core::{ffi::c_void, mem::size_of, ptr::null_mut};
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
+
+use crate::packet::Flow;
 
 const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
@@ -23,29 +25,32 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// Redirects the packet (already rewritten to `saddr -> daddr`) to the
-/// device the routing table sends `daddr` to. When the table has no
-/// forwarding answer (a local destination, forwarding off), the packet is
-/// handed to the stack instead.
+/// The route for `saddr -> daddr` of `flow`, entering on `ifindex`: the
+/// egress device and, unless `flags` skips it, the next hop's and this
+/// device's MAC addresses. `None` when the table has no forwarding answer (a
+/// local destination, forwarding off, or with neighbours asked for, one not
+/// resolved yet). `ctx` is the program's context (skb or XDP frame).
 #[inline(always)]
-pub fn fib_redirect(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8, tot_len: u16) -> i32 {
+pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr: u32, flags: u32) -> Option<FibParams> {
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ifindex(ctx);
+    params.l4_protocol = flow.proto;
+    params.__bindgen_anon_1.tot_len = flow.tot_len;
+    params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut params,
-            size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS {
-        return TC_ACT_OK as i32;
+    let rc = unsafe { bpf_fib_lookup(ctx, &mut params, size_of::<FibParams>() as i32, flags) };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS).then_some(params)
+}
+
+/// Redirects the packet (already rewritten to `saddr -> daddr`) to the
+/// device the routing table sends `daddr` to. When the table has no
+/// forwarding answer, the packet is handed to the stack instead.
+#[inline(always)]
+pub fn fib_redirect(ctx: &TcContext, flow: &Flow, saddr: u32, daddr: u32) -> i32 {
+    // The kernel fills in the L2 header itself (redirect_neigh).
+    match fib_lookup(ctx.skb.skb as *mut c_void, ifindex(ctx), flow, saddr, daddr, BPF_FIB_LOOKUP_SKIP_NEIGH) {
+        Some(params) => unsafe { bpf_redirect_neigh(params.ifindex, null_mut(), 0, 0) as i32 },
+        None => TC_ACT_OK as i32,
     }
-    unsafe { bpf_redirect_neigh(params.ifindex, null_mut(), 0, 0) as i32 }
 }

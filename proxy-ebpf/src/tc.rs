@@ -49,7 +49,7 @@ fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> (Verdict, i32) {
         return (Verdict::Error, TC_ACT_SHOT);
     }
     if rw.redirect {
-        return (rw.verdict, fib_redirect(ctx, rw.saddr(flow), rw.daddr(flow), flow.proto, flow.tot_len));
+        return (rw.verdict, fib_redirect(ctx, flow, rw.saddr(flow), rw.daddr(flow)));
     }
     (rw.verdict, TC_ACT_OK)
 }

@@ -4,26 +4,22 @@
 //! with tc; whatever it cannot finish itself it passes up untouched, and tc,
 //! finding the same conntrack entries, does the same translation.
 
-use core::mem::size_of;
-
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    bindings::xdp_action,
+    helpers::bpf_redirect,
     programs::XdpContext,
 };
 use proxy_common::Verdict;
 
 use crate::{
     decide::{decide, Decision, Rewrite},
+    fib::fib_lookup,
     lb::Role,
     maps::count,
     nat::Side,
     nat_xdp::rewrite,
     packet::{parse, xdp_ptr, Flow, Parsed},
 };
-
-const AF_INET: u8 = 2;
-const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 
 #[inline(always)]
 pub fn ingress(ctx: &XdpContext) -> u32 {
@@ -48,17 +44,9 @@ pub fn ingress(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn forward(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> u32 {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = flow.proto;
-    params.__bindgen_anon_1.tot_len = flow.tot_len;
-    params.ifindex = ingress;
-    params.__bindgen_anon_3.ipv4_src = rw.saddr(flow);
-    params.__bindgen_anon_4.ipv4_dst = rw.daddr(flow);
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut params, size_of::<FibParams>() as i32, 0) };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+    let Some(params) = fib_lookup(ctx.ctx as *mut _, ingress, flow, rw.saddr(flow), rw.daddr(flow), 0) else {
         return xdp_action::XDP_PASS;
-    }
+    };
     let Some(eth) = xdp_ptr::<[u8; 12]>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };

@@ -168,7 +168,7 @@ impl Lab {
 
     fn attach_to_underlay(&self, ns: &str, label: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
         add_ns(ns)?;
-        let port = format!("p-{}", label.chars().take(12).collect::<String>());
+        let port = switch_port(label);
         ip(ns, &["link", "add", "name", "eth0", "type", "veth", "peer", "name", &port, "netns", &self.switch_ns])?;
         ip(&self.switch_ns, &["link", "set", &port, "master", "br0", "up"])?;
         ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
@@ -394,7 +394,7 @@ impl Lab {
     /// path would have it.
     pub fn enable_xdp_transmit(&self) -> anyhow::Result<()> {
         for node in &self.nodes {
-            let port = format!("p-{}", node.name.chars().take(12).collect::<String>());
+            let port = switch_port(&node.name);
             in_ns(&self.switch_ns, &["ethtool", "-K", &port, "gro", "on"])?;
         }
         for pod in &self.pods {
@@ -581,6 +581,12 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow:
 }
 
 /// An address on the underlay, 10.100.0.0/24.
+/// The switch's side of the underlay veth of the host named `label` (device
+/// names are at most 15 bytes).
+fn switch_port(label: &str) -> String {
+    format!("p-{}", label.chars().take(12).collect::<String>())
+}
+
 fn underlay(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 100, 0, host)
 }

@@ -20,6 +20,20 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// How long the request took, answered or not.
+    pub fn micros(&self) -> u64 {
+        match self {
+            Reply::Ok { micros, .. } | Reply::Err { micros, .. } => *micros,
+        }
+    }
+}
+
+/// The longest any of `replies` took (0 for none).
+pub fn slowest_micros(replies: &[Reply]) -> u64 {
+    replies.iter().map(Reply::micros).max().unwrap_or(0)
+}
+
 pub fn parse(output: &str) -> Vec<Reply> {
     output
         .lines()

@@ -83,9 +83,7 @@ fn kubectl_changes_reach_the_datapath() {
         let s = Summary::of(&replies);
         assert_eq!(s.failed, 4, "a deleted Service still answered: {s:?}");
         assert!(s.errors.keys().all(|e| e.to_lowercase().contains("refused")), "{proto}: not refused: {:?}", s.errors);
-        let slowest = replies.iter().map(|r| match r {
-            proxy_lab::Reply::Err { micros, .. } | proxy_lab::Reply::Ok { micros, .. } => *micros,
-        }).max().unwrap_or(0);
+        let slowest = proxy_lab::traffic::slowest_micros(&replies);
         println!("Service deleted -> {proto} refused, slowest of 4 in {slowest} µs (client timeout 2 s)");
         assert!(slowest < 1_000_000, "{proto}: refusal took {slowest} µs");
     }

@@ -241,9 +241,7 @@ fn no_endpoint_and_unallocated_addresses_are_refused_at_once() {
             let started = Instant::now();
             let replies = lab.requests(ns, proto, target, 5, 3000).unwrap();
             let elapsed = started.elapsed();
-            let slowest_us = replies.iter().map(|r| match r {
-                proxy_lab::Reply::Err { micros, .. } | proxy_lab::Reply::Ok { micros, .. } => *micros,
-            }).max().unwrap_or(0);
+            let slowest_us = proxy_lab::traffic::slowest_micros(&replies);
             let s = Summary::of(&replies);
             assert_eq!(s.failed, 5, "{proto} {target}: {s:?}");
             assert!(

@@ -115,13 +115,11 @@ fn refusals(lab: &Lab) -> anyhow::Result<bool> {
         let replies = lab.requests(&lab.pod("client-a").ns, proto, UNALLOCATED, 5, 1000)?;
         let s = Summary::of(&replies);
         let refused = s.errors.iter().filter(|(e, _)| e.to_lowercase().contains("refused")).map(|(_, n)| n).sum::<usize>();
-        let slowest = replies.iter().map(|r| match r {
-            proxy_lab::Reply::Ok { micros, .. } | proxy_lab::Reply::Err { micros, .. } => *micros,
-        });
+        let slowest = proxy_lab::traffic::slowest_micros(&replies);
         println!(
             "{UNALLOCATED} (no such Service) from client-a {}: {refused}/5 refused, slowest in {} µs (client timeout 1 s)",
             proto.to_uppercase(),
-            slowest.max().unwrap_or(0)
+            slowest
         );
         ok &= refused == 5;
     }

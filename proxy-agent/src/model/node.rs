@@ -79,7 +79,6 @@ impl fmt::Display for Cidr {
 /// What the agent needs from its own Node object: the zone label
 /// (`topology.kubernetes.io/zone`) and the node's InternalIP and ExternalIP
 /// addresses, IPv4 only, in the order listed, each once.
-#[cfg_attr(not(test), allow(dead_code))] // for the agent's Node watch
 pub fn node_config_from(node: &Node) -> (Option<String>, Vec<Ipv4Addr>) {
     let zone = node
         .metadata
