@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::datapath::{self, DeviceRole, PinLayout, PinnedMaps};
-use crate::datapath_config;
+use crate::datapath_config::{self, PortRange};
 use crate::diff::{diff, diff_touched};
 use crate::model::{self, Cidr, Config, LiveModel, Slice};
 use crate::skip::Skipped;
@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// kube-proxy rejects traffic to unallocated ClusterIPs.
     #[arg(long, value_delimiter = ',')]
     service_cidr: Vec<Cidr>,
+    /// Source ports for flows SNATed to the node (externalTrafficPolicy
+    /// Cluster, hairpin), LOW-HIGH. Keep it clear of the kernel's
+    /// ip_local_port_range and of the NodePort range; the agent warns if not.
+    #[arg(long, default_value_t = PortRange::default())]
+    snat_port_range: PortRange,
     /// How often to look for changes in the manifest directory.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
@@ -88,7 +93,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let _logger = spawn_ebpf_logger(&mut ebpf);
     let mut maps = PinnedMaps::open(&layout)?;
     let mut attached = false;
-    datapath_config::warn_about(&args.service_cidr);
+    datapath_config::warn_about(&args.service_cidr, args.snat_port_range);
     let mut written_config = None;
     telemetry.attach_datapath(&layout);
     let mut sync = Sync::adopt(&maps)?;
@@ -105,7 +110,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     source.wait_ready(started).await?;
     loop {
         source.update_node(&mut config, !args.node_ips.is_empty());
-        datapath_config::write(&mut maps, &config, &args.service_cidr, &mut written_config);
+        datapath_config::write(&mut maps, &config, &args.service_cidr, args.snat_port_range, &mut written_config);
         // A new node address or zone changes every Service's frontends.
         let node_changed = &config != sync.model.config();
         let sync_started = telemetry.sync_started();

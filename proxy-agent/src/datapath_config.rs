@@ -1,7 +1,9 @@
 //! The settings the datapath reads from its config map: the SNAT address and
 //! port range, and the service ranges.
 
+use std::fmt;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 use proxy_common::{
     config::{MAX_SERVICE_CIDRS, SNAT_PORT_MAX, SNAT_PORT_MIN},
@@ -11,11 +13,52 @@ use proxy_common::{
 use crate::datapath::PinnedMaps;
 use crate::model::{Cidr, Config};
 
+/// The source ports SNATed flows get (`--snat-port-range`), inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange { min: SNAT_PORT_MIN, max: SNAT_PORT_MAX }
+    }
+}
+
+impl PortRange {
+    fn overlaps(&self, low: u16, high: u16) -> bool {
+        low <= self.max && high >= self.min
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    /// `LOW-HIGH`. Ports below 1024 are refused: they belong to privileged
+    /// local services that a SNATed flow would shadow.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (low, high) = s.split_once('-').ok_or_else(|| format!("{s:?} is not LOW-HIGH"))?;
+        let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+        let range = PortRange { min: port(low)?, max: port(high)? };
+        if range.min < 1024 || range.min > range.max {
+            return Err(format!("{s:?}: want 1024 <= LOW <= HIGH"));
+        }
+        Ok(range)
+    }
+}
+
 /// What the config map should hold for this node. The SNAT address is the
 /// node's first address (NodePorts SNAT to the address they were reached
 /// on; this one is for LoadBalancer and external IPs). Ranges beyond the
 /// map's room are left out and reported.
-pub fn datapath_config(config: &Config, service_cidrs: &[Cidr]) -> DatapathConfig {
+pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: PortRange) -> DatapathConfig {
     let mut out = DatapathConfig {
         snat_addr: config
             .node_ips
@@ -23,8 +66,8 @@ pub fn datapath_config(config: &Config, service_cidrs: &[Cidr]) -> DatapathConfi
             .find(|ip| !ip.is_loopback())
             .map(|ip| u32::from_ne_bytes(ip.octets()))
             .unwrap_or(0),
-        snat_port_min: SNAT_PORT_MIN,
-        snat_port_max: SNAT_PORT_MAX,
+        snat_port_min: snat_ports.min,
+        snat_port_max: snat_ports.max,
         ..DatapathConfig::default()
     };
     for (slot, cidr) in out.service_cidrs.iter_mut().zip(service_cidrs) {
@@ -44,8 +87,14 @@ fn cidr4(cidr: &Cidr) -> Cidr4 {
 /// Writes the config map when it differs from what was last written there
 /// (`written`; read from the map the first time, so a restarted agent
 /// rewrites nothing).
-pub fn write(maps: &mut PinnedMaps, config: &Config, service_cidrs: &[Cidr], written: &mut Option<DatapathConfig>) {
-    let wanted = datapath_config(config, service_cidrs);
+pub fn write(
+    maps: &mut PinnedMaps,
+    config: &Config,
+    service_cidrs: &[Cidr],
+    snat_ports: PortRange,
+    written: &mut Option<DatapathConfig>,
+) {
+    let wanted = datapath_config(config, service_cidrs, snat_ports);
     if written.is_none() {
         *written = maps.config().ok();
     }
@@ -67,26 +116,33 @@ pub fn write(maps: &mut PinnedMaps, config: &Config, service_cidrs: &[Cidr], wri
 }
 
 /// Settings checks worth a warning, once at start-up: service ranges beyond
-/// the map's room, and SNAT ports that local sockets could also get.
-pub fn warn_about(service_cidrs: &[Cidr]) {
+/// the map's room, and SNAT ports that local sockets or NodePorts could also
+/// use.
+pub fn warn_about(service_cidrs: &[Cidr], snat_ports: PortRange) {
     if service_cidrs.len() > MAX_SERVICE_CIDRS {
         tracing::warn!(given = service_cidrs.len(), used = MAX_SERVICE_CIDRS, "too many --service-cidr ranges; the rest are ignored");
     }
-    warn_if_ports_overlap();
+    if snat_ports.overlaps(NODE_PORT_MIN, NODE_PORT_MAX) {
+        tracing::warn!(snat = %snat_ports, "the SNAT port range overlaps the NodePort range 30000-32767; a SNATed flow could shadow a NodePort");
+    }
+    warn_if_ports_overlap(snat_ports);
 }
+
+const NODE_PORT_MIN: u16 = 30_000;
+const NODE_PORT_MAX: u16 = 32_767;
 
 /// SNAT ports are safe from local sockets only while the kernel's ephemeral
 /// range stays clear of them.
-fn warn_if_ports_overlap() {
+fn warn_if_ports_overlap(snat_ports: PortRange) {
     let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
         return;
     };
     let mut parts = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
     if let (Some(low), Some(high)) = (parts.next(), parts.next()) {
-        if low <= SNAT_PORT_MAX && high >= SNAT_PORT_MIN {
+        if snat_ports.overlaps(low, high) {
             tracing::warn!(
                 ephemeral = format!("{low}-{high}"),
-                snat = format!("{SNAT_PORT_MIN}-{SNAT_PORT_MAX}"),
+                snat = %snat_ports,
                 "the kernel's ephemeral port range overlaps the SNAT port range; a local connection to a backend could collide with a SNATed flow"
             );
         }
@@ -104,7 +160,7 @@ mod tests {
             ..Config::default()
         };
         let cidrs: Vec<Cidr> = vec!["10.96.0.0/12".parse().unwrap()];
-        let out = datapath_config(&config, &cidrs);
+        let out = datapath_config(&config, &cidrs, PortRange::default());
         assert_eq!(out.snat_addr, u32::from_ne_bytes([10, 100, 0, 11]));
         assert!(out.in_service_range(u32::from_ne_bytes([10, 96, 0, 10])));
         assert!(out.in_service_range(u32::from_ne_bytes([10, 111, 1, 1])));
@@ -114,6 +170,20 @@ mod tests {
 
     #[test]
     fn no_node_address_means_no_snat() {
-        assert_eq!(datapath_config(&Config::default(), &[]).snat_addr, 0);
+        assert_eq!(datapath_config(&Config::default(), &[], PortRange::default()).snat_addr, 0);
+    }
+
+    #[test]
+    fn snat_port_range_flag() {
+        let narrow: PortRange = "61000-61499".parse().unwrap();
+        assert_eq!(narrow, PortRange { min: 61_000, max: 61_499 });
+        let out = datapath_config(&Config::default(), &[], narrow);
+        assert_eq!((out.snat_port_min, out.snat_port_max), (61_000, 61_499));
+        assert_eq!(PortRange::default().to_string(), "61000-65535");
+        for bad in ["61000", "65535-61000", "80-1000", "61000-70000", "a-b", ""] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad:?} accepted");
+        }
+        assert!(narrow.overlaps(32_768, 61_000));
+        assert!(!narrow.overlaps(32_768, 60_999));
     }
 }

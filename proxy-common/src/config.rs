@@ -60,17 +60,15 @@ impl DatapathConfig {
     }
 }
 
-/// The `attempt`-th candidate SNAT port (host byte order) for a flow, spread
-/// over `min..=max` by `random`. Successive attempts probe successive ports,
-/// so a few attempts find a free one unless the range is nearly full.
+/// A candidate SNAT port (host byte order) spread over `min..=max` by
+/// `random`, without the bias of a modulo.
 #[inline(always)]
-pub const fn snat_port(random: u32, attempt: u32, min: u16, max: u16) -> u16 {
+pub const fn snat_port(random: u32, min: u16, max: u16) -> u16 {
     if max <= min {
         return min;
     }
     let span = (max - min) as u32 + 1;
-    let offset = ((random as u64 * span as u64) >> 32) as u32;
-    min + ((offset + attempt) % span) as u16
+    min + ((random as u64 * span as u64) >> 32) as u16
 }
 
 const _: () = assert!(size_of::<Cidr4>() == 8);
@@ -99,15 +97,15 @@ mod tests {
     }
 
     #[test]
-    fn snat_ports_stay_in_range_and_probe_onwards() {
+    fn snat_ports_stay_in_range_and_cover_it() {
         for random in [0, 1, u32::MAX / 2, u32::MAX] {
-            for attempt in 0..8 {
-                let p = snat_port(random, attempt, SNAT_PORT_MIN, SNAT_PORT_MAX);
-                assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p));
-            }
+            let p = snat_port(random, SNAT_PORT_MIN, SNAT_PORT_MAX);
+            assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&p));
         }
-        assert_eq!(snat_port(u32::MAX, 0, 100, 103), 103);
-        assert_eq!(snat_port(u32::MAX, 1, 100, 103), 100, "wraps inside the range");
-        assert_eq!(snat_port(7, 3, 5, 5), 5);
+        assert_eq!(snat_port(0, 100, 103), 100);
+        assert_eq!(snat_port(u32::MAX, 100, 103), 103);
+        assert_eq!(snat_port((3 << 30) - 1, 100, 103), 102, "equal shares of the random space");
+        assert_eq!(snat_port(3 << 30, 100, 103), 103);
+        assert_eq!(snat_port(7, 5, 5), 5);
     }
 }

@@ -25,7 +25,7 @@ fn write_services(lab: &Lab, count: usize) {
 
 fn send(lab: &Lab, i: usize, proto: &str) -> Summary {
     let target = format!("{}:80", vip(i));
-    Summary::of(&lab.requests(&lab.pod("client-a").ns, proto, &target, 30, 500).unwrap())
+    Summary::of(&lab.requests(&lab.pod("client-a").ns, proto, &target, 30, 1000).unwrap())
 }
 
 /// Frontends in the service map whose every slot names a backend.
