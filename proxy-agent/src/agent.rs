@@ -16,6 +16,7 @@ use crate::diff::{diff, diff_touched};
 use crate::model::{self, Cidr, Config, LiveModel, Slice};
 use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
+use crate::stale_sockets;
 use crate::source::{self, yaml_dir, Changes};
 use crate::tables::{Ids, LiveTables, Tables};
 use crate::telemetry::{self, Served, SyncReport, Telemetry};
@@ -92,6 +93,12 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut ebpf = datapath::load(&layout)?;
     let _logger = spawn_ebpf_logger(&mut ebpf);
     let mut maps = PinnedMaps::open(&layout)?;
+    // Host sockets translated by the cgroup hooks, for aborting the UDP ones
+    // whose backend leaves (see stale_sockets).
+    let sock_rev_nat = match args.cgroup {
+        Some(_) => Some(datapath::SockRevNat::open(&layout)?),
+        None => None,
+    };
     let mut attached = false;
     datapath_config::warn_about(&args.service_cidr, args.snat_port_range);
     let mut written_config = None;
@@ -118,6 +125,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             Ok((changes, skipped)) => {
                 sync.run(&mut maps, changes, &config, skipped);
                 telemetry.synced(sync_started, sync.report());
+                if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| sync.last_ops > 0) {
+                    telemetry.udp_sockets_aborted(stale_sockets::abort_stale(rev_nat, sync.tables.tables()));
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "reading the source failed; keeping what is programmed");
@@ -303,6 +313,8 @@ struct Sync {
     /// For telemetry: what the last sync served, and its failed writes.
     served: Served,
     failed_writes: usize,
+    /// Map writes the last sync planned.
+    last_ops: usize,
 }
 
 impl Sync {
@@ -321,6 +333,7 @@ impl Sync {
             generation: 0,
             served: Served::default(),
             failed_writes: 0,
+            last_ops: 0,
         })
     }
 
@@ -351,6 +364,7 @@ impl Sync {
         };
         let planned = started.elapsed();
         let failures = maps.apply(&ops);
+        self.last_ops = ops.len();
         // After the writes, so telemetry never delays them.
         // Health checks are found by visiting every frontend: only when a
         // change can have touched one.

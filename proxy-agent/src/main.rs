@@ -8,6 +8,7 @@ mod inspect;
 mod model;
 mod skip;
 mod source;
+mod stale_sockets;
 mod tables;
 mod telemetry;
 #[cfg(test)]

@@ -213,6 +213,33 @@ fn host_udp_socket_sticks_to_one_backend() {
     assert!(first_backends.len() > 1, "every socket went to {first_backends:?}");
 }
 
+/// A host flow of `proto` (one socket, a request every 20 ms) to `web`
+/// while its only endpoint changes from web-2 to web-3; the lab (kept for
+/// its agent's metrics and logs) and the replies, in order.
+fn host_flow_across_endpoint_change(proto: &str) -> (Lab, proxy_lab::Agent, Vec<Reply>) {
+    let only = |pod: &'static str| move |lab: &Lab| service("web", "10.96.0.10", 80, &[(lab.pod(pod).ip, true)]);
+    let (lab, agent) = web_lab(only("web-2"), &[]);
+    let flow = lab.host_requests_in_background(0, proto, WEB, 100, 1000, 20).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let changed = Instant::now();
+    lab.write_manifest("web.yaml", &only("web-3")(&lab)).unwrap();
+    agent.wait_synced(2, SYNC_TIMEOUT).unwrap();
+    println!("{proto}: endpoint change synced in {} ms", changed.elapsed().as_millis());
+    let replies = flow.wait().unwrap();
+    (lab, agent, replies)
+}
+
+/// Who answered each request, in order ("error" for a failed one).
+fn answer_order(replies: &[Reply]) -> Vec<&str> {
+    replies
+        .iter()
+        .map(|r| match r {
+            Reply::Ok { backend, .. } => backend.as_str(),
+            Reply::Err { .. } => "error",
+        })
+        .collect()
+}
+
 /// When the endpoint a UDP socket's datagrams go to is removed, the next
 /// datagram goes to a live one: no stale flow (the classic DNS outage).
 #[test]
@@ -220,27 +247,46 @@ fn host_udp_flow_moves_when_its_endpoint_goes_away() {
     if !require_root("host_udp_flow_moves_when_its_endpoint_goes_away") {
         return;
     }
-    let only = |pod: &'static str| move |lab: &Lab| service("web", "10.96.0.10", 80, &[(lab.pod(pod).ip, true)]);
-    let (lab, agent) = web_lab(only("web-2"), &[]);
-    let flow = lab.host_requests_in_background(0, "udp-keep", WEB, 100, 1000, 20).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    lab.write_manifest("web.yaml", &only("web-3")(&lab)).unwrap();
-    agent.wait_synced(2, SYNC_TIMEOUT).unwrap();
-    let replies = flow.wait().unwrap();
+    let (_lab, _agent, replies) = host_flow_across_endpoint_change("udp-keep");
     let s = Summary::of(&replies);
     println!("flow across the endpoint change: {s:?}");
     assert_eq!(s.failed, 0, "{:?}", s.errors);
     assert_eq!(answered_by(&s), vec!["web-2", "web-3"]);
-    let backends: Vec<&str> = replies
-        .iter()
-        .map(|r| match r {
-            Reply::Ok { backend, .. } => backend.as_str(),
-            Reply::Err { .. } => unreachable!(),
-        })
-        .collect();
+    let backends = answer_order(&replies);
     assert_eq!(backends.first(), Some(&"web-2"));
     assert_eq!(backends.last(), Some(&"web-3"));
     let switches = backends.windows(2).filter(|w| w[0] != w[1]).count();
     assert_eq!(switches, 1, "the flow went back and forth: {backends:?}");
     assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec![WEB]);
+}
+
+/// A connected UDP socket (connect4 chose its backend once) whose backend
+/// leaves the Service is aborted by the agent, so the application's next
+/// socket goes to a live backend: the socket-level counterpart of kube-proxy
+/// deleting a removed endpoint's UDP conntrack entries. The client reopens
+/// its socket after an error, as resolvers do.
+#[test]
+fn host_connected_udp_socket_leaves_a_removed_endpoint() {
+    if !require_root("host_connected_udp_socket_leaves_a_removed_endpoint") {
+        return;
+    }
+    let (lab, _agent, replies) = host_flow_across_endpoint_change("udp-connected-keep");
+    let s = Summary::of(&replies);
+    println!("connected socket across the endpoint change: {:?}, errors {:?}", s.by_backend, s.errors);
+    let order = answer_order(&replies);
+    assert_eq!(order.first(), Some(&"web-2"));
+    assert_eq!(order.last(), Some(&"web-3"), "the socket stayed on the removed endpoint: {order:?}");
+    // One error, where the aborted socket was replaced; no going back.
+    assert!(s.failed <= 1, "{:?}", s.errors);
+    assert!(
+        s.errors.keys().all(|e| e.contains("abort") || e.contains("Destination_address_required")),
+        "{:?}",
+        s.errors
+    );
+    let web3_from = order.iter().position(|b| *b == "web-3").unwrap();
+    assert!(order[web3_from..].iter().all(|b| *b == "web-3"), "{order:?}");
+    assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec![WEB]);
+    let metrics = proxy_lab::cmd::in_ns(&lab.nodes[0].ns, &["curl", "-sS", "--max-time", "2", "http://127.0.0.1:10249/metrics"]).unwrap();
+    let aborted = metrics.lines().find(|l| l.starts_with("ebpf_proxy_stale_udp_sockets_aborted_total "));
+    assert_eq!(aborted, Some("ebpf_proxy_stale_udp_sockets_aborted_total 1"), "{metrics}");
 }

@@ -58,6 +58,41 @@ fn endpoint_changes_in_the_manifests_take_effect() {
     assert_eq!(answered_by(&s), vec!["web-1", "web-2", "web-3"]);
 }
 
+/// A pod's UDP flow (one socket, a datagram every 20 ms, as a resolver
+/// keeps one) whose endpoint leaves the Service moves to a live endpoint at
+/// its next datagram, with no datagram lost: the stale-conntrack outage
+/// kube-proxy users know from DNS does not happen. Both pods keep running,
+/// so only the datapath can tell the removed endpoint from the live one.
+#[test]
+fn a_pods_udp_flow_moves_when_its_endpoint_leaves() {
+    if !require_root("a_pods_udp_flow_moves_when_its_endpoint_leaves") {
+        return;
+    }
+    for (proto, removed, kept) in [("udp-keep", "web-2", "web-3"), ("udp-connected-keep", "web-3", "web-2")] {
+        let lab = lab_with_web(&[removed]);
+        let agent = lab.start_agent(0).unwrap();
+        agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+        let flow = lab.requests_in_background(&lab.pod("client-a").ns, proto, TARGET, 100, 1000, 20).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        write_web(&lab, &[kept]);
+        agent.wait_synced(2, SYNC_TIMEOUT).unwrap();
+        let replies = flow.wait().unwrap();
+        let s = Summary::of(&replies);
+        println!("{proto} across the endpoint change: {:?}, failed {}", s.by_backend, s.failed);
+        assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
+        let order: Vec<&str> = replies
+            .iter()
+            .filter_map(|r| match r {
+                proxy_lab::Reply::Ok { backend, .. } => Some(backend.as_str()),
+                proxy_lab::Reply::Err { .. } => None,
+            })
+            .collect();
+        let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!((order.first(), order.last(), switches), (Some(&removed), Some(&kept), 1), "{proto}: {order:?}");
+        assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), [TARGET], "{proto}");
+    }
+}
+
 #[test]
 fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     if !require_root("dataplane_outlives_the_agent_and_a_restart_adopts_it") {

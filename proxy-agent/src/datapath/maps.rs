@@ -34,7 +34,7 @@ pub struct ApplyFailure {
     pub error: String,
 }
 
-fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
+pub(super) fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(Map::from_map_data(data)?)
@@ -44,13 +44,13 @@ impl PinnedMaps {
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
         let dir = layout.maps();
         Ok(PinnedMaps {
-            services: open(&dir, SERVICES_MAP)?.try_into()?,
-            slots: open(&dir, BACKEND_SLOTS_MAP)?.try_into()?,
-            backends: open(&dir, BACKENDS_MAP)?.try_into()?,
-            conntrack: open(&dir, CONNTRACK_MAP)?.try_into()?,
-            verdicts: open(&dir, VERDICTS_MAP)?.try_into()?,
-            source_ranges: open(&dir, SOURCE_RANGES_MAP)?.try_into()?,
-            config: open(&dir, CONFIG_MAP)?.try_into()?,
+            services: open_pinned(&dir, SERVICES_MAP)?.try_into()?,
+            slots: open_pinned(&dir, BACKEND_SLOTS_MAP)?.try_into()?,
+            backends: open_pinned(&dir, BACKENDS_MAP)?.try_into()?,
+            conntrack: open_pinned(&dir, CONNTRACK_MAP)?.try_into()?,
+            verdicts: open_pinned(&dir, VERDICTS_MAP)?.try_into()?,
+            source_ranges: open_pinned(&dir, SOURCE_RANGES_MAP)?.try_into()?,
+            config: open_pinned(&dir, CONFIG_MAP)?.try_into()?,
         })
     }
 

@@ -8,12 +8,15 @@ mod layout;
 mod link_detach;
 mod maps;
 mod programs;
+mod sock_rev_nat;
+pub mod udp_sockets;
 mod xdp;
 
 pub use bpffs::ensure_bpffs;
 pub use cgroup::attach_cgroup;
 pub use maps::PinnedMaps;
 pub use programs::{attach_tc_ingress, cleanup, load, DeviceRole};
+pub use sock_rev_nat::SockRevNat;
 pub use xdp::{attach_xdp, detach_xdp};
 
 use std::path::{Path, PathBuf};

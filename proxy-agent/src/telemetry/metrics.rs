@@ -71,6 +71,8 @@ pub struct Metrics {
     skipped_now: BTreeMap<&'static str, u64>,
     skip_events: BTreeMap<&'static str, u64>,
     map_write_failures: u64,
+    /// Host UDP sockets aborted because their backend left the Service.
+    pub udp_sockets_aborted: u64,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,7 @@ impl Default for Metrics {
             skipped_now: BTreeMap::new(),
             skip_events: BTreeMap::new(),
             map_write_failures: 0,
+            udp_sockets_aborted: 0,
         }
     }
 }
@@ -175,6 +178,12 @@ impl Metrics {
         }
         out.family("ebpf_proxy_map_write_failures_total", "counter", "Map writes the kernel refused; each is retried.");
         out.sample("ebpf_proxy_map_write_failures_total", &[], self.map_write_failures as f64);
+        out.family(
+            "ebpf_proxy_stale_udp_sockets_aborted_total",
+            "counter",
+            "Host UDP sockets connected through the socket hooks to a backend that left the Service, aborted so the application reconnects.",
+        );
+        out.sample("ebpf_proxy_stale_udp_sockets_aborted_total", &[], self.udp_sockets_aborted as f64);
 
         if !datapath.verdicts.is_empty() {
             out.family("ebpf_proxy_datapath_verdicts_total", "counter", "Packets seen by the datapath, by what it did with them.");

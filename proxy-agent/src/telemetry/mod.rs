@@ -167,6 +167,10 @@ impl Telemetry {
         self.last_skipped = report.skipped.to_vec();
     }
 
+    pub fn udp_sockets_aborted(&self, count: usize) {
+        self.shared.metrics.lock().unwrap().udp_sockets_aborted += count as u64;
+    }
+
     pub fn source_failed(&self, started: Instant, error: &anyhow::Error) {
         let now = Instant::now();
         self.shared.health.lock().unwrap().sync_failed(now, format!("reading the source: {error:#}"));

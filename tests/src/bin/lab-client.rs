@@ -3,7 +3,9 @@
 //! `udp-keep` all of them share one connection or socket, one flow; `udp`
 //! sends with `sendto` on an unconnected socket, `udp-connected` connects the
 //! socket first (as most resolvers do) and checks `getpeername` against the
-//! reply's source. Prints one
+//! reply's source; `udp-connected-keep` keeps one connected socket. A kept
+//! flow that fails is reported once and replaced by a new one, as an
+//! application would reconnect. Prints one
 //! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS` or
 //! `err REASON MICROS`. Bounded in count and time: every request has a timeout.
 
@@ -16,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let (proto, target, count, timeout_ms, interval_ms) = match args.as_slice() {
         [p, t, c, to] => (p, t, c, to, "0"),
         [p, t, c, to, i] => (p, t, c, to, i.as_str()),
-        _ => anyhow::bail!("usage: lab-client tcp|udp|udp-connected|tcp-keep|udp-keep TARGET COUNT TIMEOUT_MS [INTERVAL_MS]"),
+        _ => anyhow::bail!("usage: lab-client tcp|udp|udp-connected|tcp-keep|udp-keep|udp-connected-keep TARGET COUNT TIMEOUT_MS [INTERVAL_MS]"),
     };
     let interval = Duration::from_millis(interval_ms.parse()?);
     let target: SocketAddr = target.parse()?;
@@ -30,7 +32,7 @@ fn main() -> anyhow::Result<()> {
             "tcp" => tcp_request(target, timeout),
             "udp" => udp_request(target, timeout),
             "udp-connected" => udp_connected_request(target, timeout),
-            "tcp-keep" | "udp-keep" => keep_request(&mut flow, proto, target, timeout),
+            "tcp-keep" | "udp-keep" | "udp-connected-keep" => keep_request(&mut flow, proto, target, timeout),
             other => anyhow::bail!("unknown protocol {other}"),
         };
         let micros = started.elapsed().as_micros();
@@ -70,6 +72,12 @@ fn udp_connected_request(target: SocketAddr, timeout: Duration) -> anyhow::Resul
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.set_read_timeout(Some(timeout))?;
     socket.connect(target)?;
+    connected_exchange(&socket)
+}
+
+/// One request on a connected socket; the reply must come from the peer
+/// `getpeername` names.
+fn connected_exchange(socket: &UdpSocket) -> anyhow::Result<(String, SocketAddr)> {
     socket.send(b"hello\n")?;
     let mut buf = [0u8; 1500];
     let (n, from) = socket.recv_from(&mut buf)?;
@@ -82,6 +90,7 @@ fn udp_connected_request(target: SocketAddr, timeout: Duration) -> anyhow::Resul
 enum Flow {
     Tcp(BufReader<TcpStream>),
     Udp(UdpSocket),
+    UdpConnected(UdpSocket),
 }
 
 fn keep_request(flow: &mut Option<Flow>, proto: &str, target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
@@ -93,7 +102,12 @@ fn keep_request(flow: &mut Option<Flow>, proto: &str, target: SocketAddr, timeou
         } else {
             let socket = UdpSocket::bind("0.0.0.0:0")?;
             socket.set_read_timeout(Some(timeout))?;
-            Flow::Udp(socket)
+            if proto == "udp-connected-keep" {
+                socket.connect(target)?;
+                Flow::UdpConnected(socket)
+            } else {
+                Flow::Udp(socket)
+            }
         });
     }
     let result = match flow.as_mut().unwrap() {
@@ -111,6 +125,7 @@ fn keep_request(flow: &mut Option<Flow>, proto: &str, target: SocketAddr, timeou
             let (n, from) = socket.recv_from(&mut buf)?;
             Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
         })(),
+        Flow::UdpConnected(socket) => connected_exchange(socket),
     };
     // A broken connection is reported once; the next request opens a new one.
     if result.is_err() {
