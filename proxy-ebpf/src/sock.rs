@@ -4,11 +4,12 @@
 //! frontend address and no per-packet NAT or conntrack is needed. The reverse
 //! hooks show the application the frontend it dialled instead of the backend.
 //!
-//! Not done here (yet): session affinity (`sessionAffinity: ClientIP`) is
-//! ignored, each socket gets its own random backend; and a connected socket
-//! stays on its backend when that endpoint is removed (moving it would need
-//! the socket destroyed, as Cilium does with an iterator and
-//! `bpf_sock_destroy`).
+//! With `sessionAffinity: ClientIP` every host socket is one client, the
+//! node, as the backends see it: kube-proxy keys affinity by source address,
+//! and host connections leave with the node's. A connected socket stays on
+//! its backend; when that endpoint leaves, the agent aborts connected UDP
+//! sockets (see the agent's stale_sockets), as kube-proxy's conntrack
+//! cleanup moves UDP flows.
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
@@ -23,7 +24,7 @@ use proxy_common::{
 };
 
 use crate::{
-    lb::{lb4_lookup, lb4_lookup_backend, lb4_select_backend},
+    lb::{lb4_lookup, lb4_lookup_backend, lb4_select_backend_for},
     maps::{count, SOCK_FLOWS, SOCK_REV_NAT},
 };
 
@@ -36,6 +37,10 @@ const ECONNREFUSED: i32 = 111;
 /// Frontend scopes a host socket can dial, most common first: a ClusterIP,
 /// a NodePort on one of this node's addresses, a LoadBalancer or external IP.
 const SCOPES: [u8; 3] = [scope::CLUSTER_IP, scope::NODE_PORT, scope::EXTERNAL];
+
+/// The affinity map's client for host sockets: no pod or outside client has
+/// address 0.0.0.0, so the node's sockets share an entry of their own.
+const HOST_CLIENT: u32 = 0;
 
 /// cgroup/connect4 (TCP and connected UDP) and cgroup/sendmsg4 (UDP
 /// `sendto` with an address).
@@ -122,7 +127,8 @@ fn protocol(sa: *mut bpf_sock_addr) -> Option<u8> {
     }
 }
 
-/// A TCP socket connects once: a fresh random choice. An unconnected UDP
+/// A TCP socket connects once: a fresh choice (random, or the node's
+/// affinity backend). An unconnected UDP
 /// socket picks per datagram, so its datagrams to a frontend follow its first
 /// one while that backend exists (a deleted pod's flow moves to a live one),
 /// as kube-proxy's conntrack keeps a UDP flow on one endpoint.
@@ -147,7 +153,7 @@ fn choose_backend(cookie: u64, svc: &ServiceValue, addr: u32, port: u16, proto: 
             }
         }
     }
-    let (backend_id, backend) = lb4_select_backend(svc)?;
+    let (backend_id, backend) = lb4_select_backend_for(svc, HOST_CLIENT)?;
     if proto == IPPROTO_UDP {
         let chosen = SockFlowValue {
             backend_id,

@@ -213,6 +213,42 @@ fn host_udp_socket_sticks_to_one_backend() {
     assert!(first_backends.len() > 1, "every socket went to {first_backends:?}");
 }
 
+/// `sessionAffinity: ClientIP` holds for host clients: the node is one
+/// client, so every new connection and socket from it goes to one backend,
+/// while a Service without affinity spreads the same traffic.
+#[test]
+fn host_clients_keep_session_affinity() {
+    if !require_root("host_clients_keep_session_affinity") {
+        return;
+    }
+    let sticky_and_plain = |lab: &Lab| {
+        let mut sticky = proxy_lab::manifests::ServiceSpec::new("sticky", "10.96.0.10", 80);
+        for pod in ["web-1", "web-2", "web-3"] {
+            sticky = sticky.endpoint(lab.pod(pod).ip, &lab.nodes[lab.pod(pod).node].name);
+        }
+        sticky.session_affinity = Some(10800);
+        let mut plain = sticky.clone();
+        plain.name = "plain".into();
+        plain.cluster_ip = "10.96.0.11".into();
+        plain.session_affinity = None;
+        format!("{}---\n{}", sticky.yaml(), plain.yaml())
+    };
+    let (lab, _agent) = web_lab(sticky_and_plain, &[]);
+    let mut sticky_backends = BTreeSet::new();
+    for proto in ["tcp", "udp", "udp-connected"] {
+        let s = Summary::of(&lab.host_requests(0, proto, WEB, 30, 1000).unwrap());
+        println!("{proto} to the sticky Service: {:?}", s.by_backend);
+        assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
+        assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec![WEB], "{proto}");
+        sticky_backends.extend(s.by_backend.into_keys());
+    }
+    assert_eq!(sticky_backends.len(), 1, "new host flows spread over {sticky_backends:?} despite ClientIP affinity");
+    let s = Summary::of(&lab.host_requests(0, "tcp", "10.96.0.11:80", 30, 1000).unwrap());
+    println!("tcp to the plain Service: {:?}", s.by_backend);
+    // One backend for 30 connections by chance: 3 * (1/3)^30.
+    assert!(s.by_backend.len() > 1, "no affinity, yet one backend: {:?}", s.by_backend);
+}
+
 /// A host flow of `proto` (one socket, a request every 20 ms) to `web`
 /// while its only endpoint changes from web-2 to web-3; the lab (kept for
 /// its agent's metrics and logs) and the replies, in order.
