@@ -17,6 +17,7 @@ use crate::model::{self, Cidr, Config, LiveModel, Slice};
 use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
 use crate::stale_sockets;
+use crate::source::dir_changes::ByService;
 use crate::source::{self, yaml_dir, Changes};
 use crate::tables::{Ids, LiveTables, Tables};
 use crate::telemetry::{self, Served, SyncReport, Telemetry};
@@ -198,6 +199,8 @@ enum Source {
         path: PathBuf,
         poll: Duration,
         seen: Option<yaml_dir::Fingerprint>,
+        /// What the last read found, to tell which Services changed.
+        last: Option<ByService>,
     },
     Kube(KubeSource),
 }
@@ -209,6 +212,7 @@ impl Source {
                 path: path.clone(),
                 poll: Duration::from_millis(args.poll_ms),
                 seen: yaml_dir::fingerprint(path).ok(),
+                last: None,
             });
         }
         let client = source::kube::client(args.kubeconfig.as_deref()).await?;
@@ -233,7 +237,7 @@ impl Source {
     /// Returns once there may be something new to read.
     async fn changed(&mut self) {
         match self {
-            Source::Dir { path, poll, seen } => loop {
+            Source::Dir { path, poll, seen, .. } => loop {
                 tokio::time::sleep(*poll).await;
                 match yaml_dir::fingerprint(path) {
                     Ok(now) if seen.as_ref() != Some(&now) => {
@@ -265,12 +269,18 @@ impl Source {
     }
 
     /// What changed since the last read; everything when `all`.
-    fn read(&self, all: bool) -> anyhow::Result<(Changes, Vec<Skipped>)> {
+    fn read(&mut self, all: bool) -> anyhow::Result<(Changes, Vec<Skipped>)> {
         match self {
-            Source::Dir { path, .. } => {
+            Source::Dir { path, last, .. } => {
                 let (snapshot, skipped) = yaml_dir::read(path)?;
-                let slices = snapshot.slices.iter().map(|s| Arc::new(Slice::from(&**s))).collect();
-                Ok((Changes::All { services: snapshot.services, slices }, skipped))
+                let slices: Vec<_> = snapshot.slices.iter().map(|s| Arc::new(Slice::from(&**s))).collect();
+                let now = ByService::group(&snapshot.services, &slices);
+                let changes = match last.as_ref().filter(|_| !all) {
+                    Some(before) => Changes::Services(now.changed_since(before)),
+                    None => Changes::All { services: snapshot.services, slices },
+                };
+                *last = Some(now);
+                Ok((changes, skipped))
             }
             Source::Kube(kube) => Ok((kube.take_changes(all), Vec::new())),
         }

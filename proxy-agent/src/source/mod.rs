@@ -1,5 +1,6 @@
 //! Where Services and EndpointSlices come from.
 
+pub mod dir_changes;
 pub mod kube;
 pub mod yaml_dir;
 
