@@ -214,8 +214,8 @@ fn host_udp_socket_sticks_to_one_backend() {
 }
 
 /// `sessionAffinity: ClientIP` holds for host clients: the node is one
-/// client, so every new connection and socket from it goes to one backend,
-/// while a Service without affinity spreads the same traffic.
+/// client, so every new connection or socket from it to a Service port goes
+/// to one backend, while a Service without affinity spreads the same traffic.
 #[test]
 fn host_clients_keep_session_affinity() {
     if !require_root("host_clients_keep_session_affinity") {
@@ -234,15 +234,19 @@ fn host_clients_keep_session_affinity() {
         format!("{}---\n{}", sticky.yaml(), plain.yaml())
     };
     let (lab, _agent) = web_lab(sticky_and_plain, &[]);
-    let mut sticky_backends = BTreeSet::new();
-    for proto in ["tcp", "udp", "udp-connected"] {
-        let s = Summary::of(&lab.host_requests(0, proto, WEB, 30, 1000).unwrap());
-        println!("{proto} to the sticky Service: {:?}", s.by_backend);
-        assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
-        assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec![WEB], "{proto}");
-        sticky_backends.extend(s.by_backend.into_keys());
+    // Affinity is per Service port, and port 80/TCP and 80/UDP are two: UDP
+    // sockets, connected or not, share one backend, TCP may have another.
+    for protos in [&["tcp"][..], &["udp", "udp-connected"]] {
+        let mut sticky_backends = BTreeSet::new();
+        for proto in protos {
+            let s = Summary::of(&lab.host_requests(0, proto, WEB, 30, 1000).unwrap());
+            println!("{proto} to the sticky Service: {:?}", s.by_backend);
+            assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
+            assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec![WEB], "{proto}");
+            sticky_backends.extend(s.by_backend.into_keys());
+        }
+        assert_eq!(sticky_backends.len(), 1, "new {protos:?} host flows spread over {sticky_backends:?} despite ClientIP affinity");
     }
-    assert_eq!(sticky_backends.len(), 1, "new host flows spread over {sticky_backends:?} despite ClientIP affinity");
     let s = Summary::of(&lab.host_requests(0, "tcp", "10.96.0.11:80", 30, 1000).unwrap());
     println!("tcp to the plain Service: {:?}", s.by_backend);
     // One backend for 30 connections by chance: 3 * (1/3)^30.
