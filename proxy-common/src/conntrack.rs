@@ -124,6 +124,17 @@ pub const UDP_IDLE_NS: u64 = 30_000_000_000;
 /// dead connections hold SNAT ports for as long.
 pub const TCP_IDLE_NS: u64 = 7_200_000_000_000;
 
+/// Whether `reply`, found at the reply tuple of the flow `orig` names, is
+/// that flow's: it translates back to the frontend `orig` dialled (and, for
+/// a SNATed flow, to `orig`'s client). Without SNAT two flows can share a
+/// reply tuple: one client port to two frontends with the same backend, as
+/// when a client reuses a port (TIME_WAIT reuse) for another Service.
+pub const fn reply_belongs_to(reply: &CtValue, orig: &CtKey) -> bool {
+    reply.nat_addr == orig.daddr
+        && reply.nat_port == orig.dport
+        && (reply.flags & ct_flags::SNAT == 0 || (reply.peer_addr == orig.saddr && reply.peer_port == orig.sport))
+}
+
 /// Whether the flow an entry records is over at `now_ns`, by the rules above.
 pub const fn flow_is_over(entry: &CtValue, proto: u8, now_ns: u64) -> bool {
     let idle = now_ns.wrapping_sub(entry.last_seen_ns);
@@ -190,5 +201,30 @@ mod tests {
         assert_eq!(r.proto, 6);
         assert_eq!(r.direction, CtDirection::Reply as u8);
         assert_eq!(r._pad, [0, 0]);
+    }
+
+    #[test]
+    fn a_reply_entry_belongs_to_the_flow_it_translates_back_to() {
+        let (client, frontend_a, frontend_b) = (u32::from_ne_bytes([10, 244, 1, 10]), u32::from_ne_bytes([10, 96, 0, 10]), u32::from_ne_bytes([10, 96, 0, 11]));
+        let orig = CtKey::new(client, frontend_a, 40000u16.to_be(), 80u16.to_be(), 6, CtDirection::Original);
+        let mut reply = entry(0, 0);
+        reply.nat_addr = frontend_a;
+        reply.nat_port = 80u16.to_be();
+        assert!(reply_belongs_to(&reply, &orig));
+        // The same client port, later sent to frontend B with the same backend.
+        reply.nat_addr = frontend_b;
+        assert!(!reply_belongs_to(&reply, &orig));
+        reply.nat_addr = frontend_a;
+        reply.nat_port = 443u16.to_be();
+        assert!(!reply_belongs_to(&reply, &orig));
+        // SNATed: the client put back must be this flow's.
+        let mut snat = entry(ct_flags::SNAT, 0);
+        snat.nat_addr = frontend_a;
+        snat.nat_port = 80u16.to_be();
+        snat.peer_addr = client;
+        snat.peer_port = 40000u16.to_be();
+        assert!(reply_belongs_to(&snat, &orig));
+        snat.peer_port = 40001u16.to_be();
+        assert!(!reply_belongs_to(&snat, &orig));
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     config::snat_port,
-    conntrack::{ct_flags, flow_is_over, LAST_SEEN_GRANULARITY_NS},
+    conntrack::{ct_flags, flow_is_over, reply_belongs_to, LAST_SEEN_GRANULARITY_NS},
     Backend, CtDirection, CtKey, CtValue, DatapathConfig, ServiceValue,
 };
 
@@ -98,7 +98,8 @@ pub fn source_after_nat(orig: &CtKey, entry: &CtValue) -> (u32, u16) {
 
 /// A packet of a known flow. Once per granularity, when its timestamp moves,
 /// the reply entry is checked too and written back if the LRU evicted it
-/// (the two directions are evicted independently).
+/// (the two directions are evicted independently) or another flow took the
+/// reply tuple over (see `reply_belongs_to`).
 #[inline(always)]
 pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend, now: u64) -> Result<(), i64> {
     if !touch(entry, now) {
@@ -107,7 +108,7 @@ pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend, now: u6
     let value = unsafe { *entry };
     let (src_addr, src_port) = source_after_nat(orig, &value);
     let reply = orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port);
-    if unsafe { CONNTRACK.get(&reply) }.is_some() {
+    if unsafe { CONNTRACK.get(&reply) }.is_some_and(|held| reply_belongs_to(held, orig)) {
         return Ok(());
     }
     insert(&reply, &reply_value(orig, &value, now), BPF_ANY)

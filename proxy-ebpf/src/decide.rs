@@ -115,10 +115,11 @@ fn reverse(entry: &CtValue) -> Rewrite {
 }
 
 /// How long a connection's first SYN may be retransmitted onto its entry
-/// (Linux retries at 1, 3, 7 s): a SYN on an older entry opens a new
-/// connection that reuses an old one's ports (the client's TIME_WAIT is over),
-/// and gets a backend chosen afresh rather than the old connection's, which
-/// may have left the Service since.
+/// (Linux retries at 1, 3, 7 s): a SYN on an older entry, or on one that saw
+/// a FIN or RST, opens a new connection that reuses an old one's ports (the
+/// client's TIME_WAIT is over, or reused), and gets a backend chosen afresh
+/// rather than the old connection's, which may have left the Service since,
+/// and both directions recorded anew.
 const SYN_RETRANSMIT_WINDOW_NS: u64 = 10_000_000_000;
 
 /// The translation of a flow seen before, if its backend is still there.
@@ -130,7 +131,8 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
     // Over (its SNAT port may belong to another flow by now), or a new
     // connection on an old one's ports: a new flow.
     if flow_is_over(&value, flow.proto, now)
-        || (flow.is_tcp_open() && now.wrapping_sub(value.created_ns) > SYN_RETRANSMIT_WINDOW_NS)
+        || (flow.is_tcp_open()
+            && (value.flags & ct_flags::CLOSING != 0 || now.wrapping_sub(value.created_ns) > SYN_RETRANSMIT_WINDOW_NS))
     {
         return None;
     }

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{binaries, counter, SYNC_TIMEOUT};
+use proxy_lab::cmd::{in_ns, sysctl};
 use proxy_lab::manifests::service;
 use proxy_lab::privilege::require_root;
 use proxy_lab::{Lab, Summary};
@@ -130,4 +131,39 @@ fn each_flow_sticks_to_one_backend() {
     // With 12 flows over 3 backends, all on one backend would mean the choice
     // is not random (chance: 3 * (1/3)^12).
     assert!(first_backends.len() > 1, "every flow went to {first_backends:?}");
+}
+
+/// A client that reuses its ports quickly (`tcp_tw_reuse`, as busy clients
+/// and the benchmark run) dials 20 Services that share two backends, in
+/// rounds of 1.5 s: one Service, then all of them round robin. A port that
+/// carried a connection to one Service comes back for another Service or the
+/// same one, and so may the backend: the new connection must get its own
+/// translation both ways (a SYN on a closed flow's entry is a new flow; a
+/// reply tuple taken over by another flow is reclaimed). Before that, every
+/// round after the first lost connections to timeouts.
+#[test]
+fn connections_on_reused_client_ports_are_never_misrouted() {
+    if !require_root("connections_on_reused_client_ports_are_never_misrouted") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-2", "web-3"]).unwrap();
+    let eps = [(lab.pod("web-2").ip, true), (lab.pod("web-3").ip, true)];
+    let services: Vec<String> = (0..20).map(|i| service(&format!("s{i}"), &format!("10.96.0.{}", 100 + i), 80, &eps)).collect();
+    lab.write_manifest("shared.yaml", &services.join("---\n")).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let client = lab.pod("client-a").ns.clone();
+    sysctl(&client, "net.ipv4.tcp_tw_reuse", "1").unwrap();
+    sysctl(&client, "net.ipv4.ip_local_port_range", "1024 65000").unwrap();
+    let all: Vec<String> = (0..20).map(|i| format!("10.96.0.{}:80", 100 + i)).collect();
+    let all = all.join(",");
+    for round in 0..6 {
+        let targets = if round % 2 == 0 { "10.96.0.119:80" } else { all.as_str() };
+        let out = in_ns(&client, &[env!("CARGO_BIN_EXE_bench-client"), "connect", targets, "1500", "1000"]).unwrap();
+        println!("round {round}: {}", out.trim());
+        let field = |key: &str| out.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_default().to_string();
+        assert_eq!(field("err="), "0", "round {round}: {out}");
+        assert!(field("ok=").parse::<u64>().unwrap() > 100, "round {round}: {out}");
+    }
 }
