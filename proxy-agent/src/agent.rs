@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::conntrack_gc;
 use crate::datapath::{self, DeviceRole, PinLayout, PinnedMaps};
 use crate::datapath_config::{self, PortRange};
 use crate::diff::{diff, diff_touched};
@@ -79,6 +80,10 @@ pub struct RunArgs {
     /// IP traffic to the `--device` devices.
     #[arg(long)]
     xdp: bool,
+    /// Seconds between passes that delete the conntrack entries of flows
+    /// that are over; 0 leaves them to the map's LRU eviction.
+    #[arg(long, default_value_t = 10)]
+    conntrack_gc_interval: u64,
     #[command(flatten)]
     telemetry: telemetry::Flags,
 }
@@ -105,6 +110,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut written_config = None;
     telemetry.attach_datapath(&layout);
     let mut sync = Sync::adopt(&maps)?;
+    if args.conntrack_gc_interval > 0 {
+        conntrack_gc::spawn(layout.clone(), Duration::from_secs(args.conntrack_gc_interval), telemetry.gc_reporter())?;
+    }
     let mut config = Config {
         proxy_name: args.proxy_name.clone(),
         node_name: Some(node_name),

@@ -45,7 +45,7 @@ pub fn list(layout: &PinLayout, what: What, limit: usize) -> anyhow::Result<()> 
     let text = match what {
         What::Services => services_table(&maps.read_tables()?),
         What::Backends => backends_table(&maps.read_tables()?),
-        What::Conntrack => conntrack_table(maps.conntrack_entries()?, monotonic_now_ns(), limit),
+        What::Conntrack => conntrack_table(maps.conntrack_entries()?, crate::conntrack_gc::monotonic_ns(), limit),
     };
     print!("{text}");
     Ok(())
@@ -274,14 +274,6 @@ fn duration(ns: u64) -> String {
         120..=7199 => format!("{}m{}s", s / 60, s % 60),
         _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
     }
-}
-
-/// The clock `bpf_ktime_get_ns` reads: CLOCK_MONOTONIC.
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec for the kernel to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! proxy-agent: the per-node agent of the eBPF service proxy.
 
 mod agent;
+mod conntrack_gc;
 mod datapath;
 mod datapath_config;
 mod diff;

@@ -41,6 +41,18 @@ impl CtKey {
         CtKey::new(backend_addr, src_addr, backend_port, src_port, self.proto, CtDirection::Reply)
     }
 
+    /// The original-direction key of the flow whose reply entry, at this
+    /// key, is `reply`: the client (put back from the entry for a SNATed
+    /// flow, else the reply's destination) to the frontend.
+    pub const fn original_of_reply(&self, reply: &CtValue) -> Self {
+        let (client, client_port) = if reply.flags & ct_flags::SNAT != 0 {
+            (reply.peer_addr, reply.peer_port)
+        } else {
+            (self.daddr, self.dport)
+        };
+        CtKey::new(client, reply.nat_addr, client_port, reply.nat_port, self.proto, CtDirection::Original)
+    }
+
     /// Key of a packet as seen on the wire, all fields in network byte order.
     pub const fn new(
         saddr: u32,
@@ -226,5 +238,23 @@ mod tests {
         assert!(reply_belongs_to(&snat, &orig));
         snat.peer_port = 40001u16.to_be();
         assert!(!reply_belongs_to(&snat, &orig));
+    }
+
+    #[test]
+    fn the_original_key_comes_back_from_a_reply_entry() {
+        let (client, frontend, backend, node) = ([10, 244, 1, 10], [10, 96, 0, 10], [10, 244, 2, 10], [10, 100, 0, 11]);
+        let ip = u32::from_ne_bytes;
+        let orig = CtKey::new(ip(client), ip(frontend), 40000u16.to_be(), 80u16.to_be(), 6, CtDirection::Original);
+        let mut value = entry(0, 0);
+        value.nat_addr = ip(frontend);
+        value.nat_port = 80u16.to_be();
+        let reply = orig.reply_after_nat(ip(backend), 8080u16.to_be(), ip(client), 40000u16.to_be());
+        assert_eq!(reply.original_of_reply(&value), orig);
+        // SNATed to the node: the client is in the entry.
+        value.flags = ct_flags::SNAT;
+        value.peer_addr = ip(client);
+        value.peer_port = 40000u16.to_be();
+        let reply = orig.reply_after_nat(ip(backend), 8080u16.to_be(), ip(node), 61234u16.to_be());
+        assert_eq!(reply.original_of_reply(&value), orig);
     }
 }

@@ -42,22 +42,24 @@ pub fn ct4_lookup_original(key: &CtKey, svc: &ServiceValue) -> Option<*mut CtVal
 }
 
 /// Reply entry for a packet coming back from a backend; `closing` when the
-/// packet is a TCP FIN or RST.
+/// packet is a TCP FIN or RST, which marks both of the flow's entries.
 #[inline(always)]
 pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     touch(entry, now_ns());
+    let value = unsafe { *entry };
     if closing {
         mark_closing(entry);
+        ct4_mark_closing(&key.original_of_reply(&value));
     }
-    Some(unsafe { *entry })
+    Some(value)
 }
 
-/// Marks the reply entry of a flow whose client sent a FIN or RST: it is the
-/// entry that holds the flow's SNAT claim.
+/// Marks an entry of a flow that saw a FIN or RST: it is over once idle for
+/// `CLOSED_IDLE_NS`, and a SYN on it is a new connection.
 #[inline(always)]
-pub fn ct4_mark_closing(reply: &CtKey) {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(reply) {
+pub fn ct4_mark_closing(key: &CtKey) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         mark_closing(entry);
     }
 }

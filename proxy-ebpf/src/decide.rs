@@ -139,6 +139,7 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
     let backend = lb4_lookup_backend(value.backend_id)?;
     if flow.is_tcp_close() {
         let (src_addr, src_port) = source_after_nat(orig, &value);
+        ct4_mark_closing(orig);
         ct4_mark_closing(&orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port));
     }
     Some(ct4_refresh(entry, orig, &backend, now).map(|()| Nat {

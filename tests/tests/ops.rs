@@ -116,6 +116,55 @@ fn metrics_and_probes_match_the_traffic_sent() {
     );
 }
 
+/// Flows and conntrack entries, from the summary line of `list conntrack`.
+fn conntrack_size(lab: &Lab) -> (u64, u64) {
+    let out = lab.agent_command(0, &["list", "conntrack"]).unwrap();
+    let summary = out.lines().find(|l| l.ends_with(" entries")).map(str::to_string).unwrap_or_default();
+    let fields: Vec<&str> = summary.split_whitespace().collect();
+    match fields.as_slice() {
+        [flows, _, entries, ..] => (flows.parse().unwrap_or(0), entries.parse().unwrap_or(0)),
+        _ => (0, 0),
+    }
+}
+
+/// The agent deletes the conntrack entries of flows that are over, so the
+/// map does not sit full of closed connections waiting for the LRU to evict
+/// them (and evicting live ones with them), while a live flow keeps its
+/// entries and its backend.
+#[test]
+fn conntrack_of_closed_connections_is_collected_and_live_flows_are_kept() {
+    if !require_root("conntrack_of_closed_connections_is_collected_and_live_flows_are_kept") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
+    lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
+    let agent = lab.start_agent_with(0, &["--conntrack-gc-interval", "1"]).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let client = lab.pod("client-a").ns.clone();
+    // A live flow: one connection, a request every 200 ms for 20 s.
+    let live = lab.requests_in_background(&client, "tcp-keep", "10.96.0.10:80", 100, 1000, 200).unwrap();
+    let s = Summary::of(&lab.requests(&client, "tcp", "10.96.0.10:80", 50, 1000).unwrap());
+    assert_eq!(s.failed, 0, "{:?}", s.errors);
+    let closed_at = std::time::Instant::now();
+    let (flows, entries) = conntrack_size(&lab);
+    println!("after 50 connections: {flows} flows, {entries} entries");
+    assert_eq!((flows, entries), (51, 102), "50 closed connections and the live one");
+    // Closed flows are over 10 s after their FIN; a pass a second.
+    wait_until(Duration::from_secs(14), || conntrack_size(&lab) == (1, 2)).unwrap_or_else(|e| panic!("{e}: {:?} left", conntrack_size(&lab)));
+    println!("collected {} ms after the connections closed", closed_at.elapsed().as_millis());
+    // Over 10 s after a flow's last packet, and the last packets went within
+    // the second before `closed_at`.
+    assert!(closed_at.elapsed() >= Duration::from_secs(9), "flows collected before they were over");
+    let replies = live.wait().unwrap();
+    let kept = Summary::of(&replies);
+    assert_eq!(kept.failed, 0, "the live flow broke: {:?}", kept.errors);
+    assert_eq!(kept.by_backend.len(), 1, "the live flow changed backend: {:?}", kept.by_backend);
+    let (_, metrics) = http_get(&lab.nodes[0].ns, "http://127.0.0.1:10249/metrics").unwrap();
+    assert_eq!(sample(&metrics, "ebpf_proxy_conntrack_gc_deleted_total"), 100.0);
+}
+
 #[test]
 fn bind_address_flags_move_the_servers() {
     if !require_root("bind_address_flags_move_the_servers") {

@@ -180,6 +180,35 @@ impl PinnedMaps {
         Ok(out)
     }
 
+    /// Conntrack keys whose entry `over` says is done with, read a chunk
+    /// at a time in batches.
+    pub fn conntrack_keys_where(&self, over: impl Fn(&CtKey, &CtValue) -> bool) -> anyhow::Result<(usize, Vec<CtKey>)> {
+        let mut seen = 0;
+        let mut keys = Vec::new();
+        batch::for_each::<CtKey, CtValue>(self.conntrack.map(), 4096, |k, v| {
+            seen += k.len();
+            keys.extend(k.iter().zip(v).filter(|(k, v)| over(k, v)).map(|(k, _)| *k));
+        })?;
+        Ok((seen, keys))
+    }
+
+    /// Deletes conntrack entries; one gone already (evicted, or deleted
+    /// by the datapath) is skipped. Returns how many were deleted.
+    pub fn delete_conntrack(&mut self, keys: &[CtKey]) -> usize {
+        let mut deleted = 0;
+        let mut rest = keys;
+        while !rest.is_empty() {
+            match batch::delete(self.conntrack.map(), rest) {
+                Ok(()) => return deleted + rest.len(),
+                Err(partial) => {
+                    deleted += partial.done;
+                    rest = &rest[(partial.done + 1).min(rest.len())..];
+                }
+            }
+        }
+        deleted
+    }
+
     /// Conntrack keys, counted without reading values, stopping at `limit`.
     /// A key deleted under the walk restarts it from the first key, so on a
     /// busy LRU map only the limit bounds it.

@@ -73,6 +73,8 @@ pub struct Metrics {
     map_write_failures: u64,
     /// Host UDP sockets aborted because their backend left the Service.
     pub udp_sockets_aborted: u64,
+    /// Conntrack entries of flows that were over, deleted by the collector.
+    pub conntrack_gc_deleted: u64,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,7 @@ impl Default for Metrics {
             skip_events: BTreeMap::new(),
             map_write_failures: 0,
             udp_sockets_aborted: 0,
+            conntrack_gc_deleted: 0,
         }
     }
 }
@@ -184,6 +187,8 @@ impl Metrics {
             "Host UDP sockets connected through the socket hooks to a backend that left the Service, aborted so the application reconnects.",
         );
         out.sample("ebpf_proxy_stale_udp_sockets_aborted_total", &[], self.udp_sockets_aborted as f64);
+        out.family("ebpf_proxy_conntrack_gc_deleted_total", "counter", "Conntrack entries of flows that were over, deleted by the agent's collector.");
+        out.sample("ebpf_proxy_conntrack_gc_deleted_total", &[], self.conntrack_gc_deleted as f64);
 
         if !datapath.verdicts.is_empty() {
             out.family("ebpf_proxy_datapath_verdicts_total", "counter", "Packets seen by the datapath, by what it did with them.");

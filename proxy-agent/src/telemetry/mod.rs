@@ -167,6 +167,12 @@ impl Telemetry {
         self.last_skipped = report.skipped.to_vec();
     }
 
+    /// What the conntrack collector reports each pass with.
+    pub fn gc_reporter(&self) -> impl Fn(crate::conntrack_gc::Pass) + Send + 'static {
+        let shared = self.shared.clone();
+        move |pass| shared.metrics.lock().unwrap().conntrack_gc_deleted += pass.deleted as u64
+    }
+
     pub fn udp_sockets_aborted(&self, count: usize) {
         self.shared.metrics.lock().unwrap().udp_sockets_aborted += count as u64;
     }
