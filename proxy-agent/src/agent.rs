@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::conntrack_gc;
 use crate::datapath::{self, DeviceRole, PinLayout, PinnedMaps};
 use crate::datapath_config::{self, PortRange};
+use crate::port_protection;
 use crate::diff::{diff, diff_touched};
 use crate::model::{self, Cidr, Config, LiveModel, Slice};
 use crate::skip::Skipped;
@@ -55,6 +56,11 @@ pub struct RunArgs {
     /// ip_local_port_range and of the NodePort range; the agent warns if not.
     #[arg(long, default_value_t = PortRange::default())]
     snat_port_range: PortRange,
+    /// Add the NodePort and SNAT port ranges to the kernel's reserved ports
+    /// (net.ipv4.ip_local_reserved_ports) where they meet its ephemeral
+    /// range, so local sockets are never given them; false only warns.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    protect_port_ranges: bool,
     /// How often to look for changes in the manifest directory.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
@@ -107,6 +113,10 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     };
     let mut attached = false;
     datapath_config::warn_about(&args.service_cidr, args.snat_port_range);
+    port_protection::apply(
+        &[("NodePorts", port_protection::NODE_PORTS), ("SNAT ports", args.snat_port_range)],
+        args.protect_port_ranges,
+    );
     let mut written_config = None;
     telemetry.attach_datapath(&layout);
     let mut sync = Sync::adopt(&maps)?;

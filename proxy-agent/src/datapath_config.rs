@@ -27,7 +27,7 @@ impl Default for PortRange {
 }
 
 impl PortRange {
-    fn overlaps(&self, low: u16, high: u16) -> bool {
+    pub fn overlaps(&self, low: u16, high: u16) -> bool {
         low <= self.max && high >= self.min
     }
 }
@@ -116,36 +116,14 @@ pub fn write(
 }
 
 /// Settings checks worth a warning, once at start-up: service ranges beyond
-/// the map's room, and SNAT ports that local sockets or NodePorts could also
-/// use.
+/// the map's room, and a SNAT range that meets the NodePort range.
 pub fn warn_about(service_cidrs: &[Cidr], snat_ports: PortRange) {
     if service_cidrs.len() > MAX_SERVICE_CIDRS {
         tracing::warn!(given = service_cidrs.len(), used = MAX_SERVICE_CIDRS, "too many --service-cidr ranges; the rest are ignored");
     }
-    if snat_ports.overlaps(NODE_PORT_MIN, NODE_PORT_MAX) {
+    let node_ports = crate::port_protection::NODE_PORTS;
+    if snat_ports.overlaps(node_ports.min, node_ports.max) {
         tracing::warn!(snat = %snat_ports, "the SNAT port range overlaps the NodePort range 30000-32767; a SNATed flow could shadow a NodePort");
-    }
-    warn_if_ports_overlap(snat_ports);
-}
-
-const NODE_PORT_MIN: u16 = 30_000;
-const NODE_PORT_MAX: u16 = 32_767;
-
-/// SNAT ports are safe from local sockets only while the kernel's ephemeral
-/// range stays clear of them.
-fn warn_if_ports_overlap(snat_ports: PortRange) {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-        return;
-    };
-    let mut parts = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
-    if let (Some(low), Some(high)) = (parts.next(), parts.next()) {
-        if snat_ports.overlaps(low, high) {
-            tracing::warn!(
-                ephemeral = format!("{low}-{high}"),
-                snat = %snat_ports,
-                "the kernel's ephemeral port range overlaps the SNAT port range; a local connection to a backend could collide with a SNATed flow"
-            );
-        }
     }
 }
 

@@ -7,6 +7,7 @@ mod datapath_config;
 mod diff;
 mod inspect;
 mod model;
+mod port_protection;
 mod skip;
 mod source;
 mod stale_sockets;

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{binaries, counter, SYNC_TIMEOUT};
-use proxy_lab::cmd::in_ns;
+use proxy_lab::cmd::{in_ns, sysctl};
 use proxy_lab::lab::wait_until;
 use proxy_lab::manifests::service;
 use proxy_lab::privilege::require_root;
@@ -163,6 +163,50 @@ fn conntrack_of_closed_connections_is_collected_and_live_flows_are_kept() {
     assert_eq!(kept.by_backend.len(), 1, "the live flow changed backend: {:?}", kept.by_backend);
     let (_, metrics) = http_get(&lab.nodes[0].ns, "http://127.0.0.1:10249/metrics").unwrap();
     assert_eq!(sample(&metrics, "ebpf_proxy_conntrack_gc_deleted_total"), 100.0);
+}
+
+/// Where the NodePort and SNAT port ranges meet the node's ephemeral range,
+/// the agent reserves them, so the kernel never gives a local connection a
+/// port whose replies the datapath would take; with protection off it only
+/// warns.
+#[test]
+fn port_ranges_the_datapath_answers_for_are_kept_from_local_sockets() {
+    if !require_root("port_ranges_the_datapath_answers_for_are_kept_from_local_sockets") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-2"]).unwrap();
+    let eps = [(lab.pod("web-2").ip, true)];
+    lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
+    let reserved = |node: usize| in_ns(&lab.nodes[node].ns, &["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).unwrap().trim().to_string();
+    // An ephemeral range of 3,000 ports that both of ours meet: NodePorts
+    // (30000-32767) and, here, SNAT ports 32900-32999; 132 ports stay free.
+    for node in &lab.nodes {
+        sysctl(&node.ns, "net.ipv4.ip_local_port_range", "30000 32999").unwrap();
+    }
+    let protected = lab.start_agent_with(0, &["--snat-port-range", "32900-32999"]).unwrap();
+    let unprotected = lab.start_agent_with(1, &["--snat-port-range", "32900-32999", "--protect-port-ranges=false"]).unwrap();
+    protected.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    unprotected.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    assert_eq!(reserved(0), "30000-32767,32900-32999");
+    assert_eq!(reserved(1), "", "reserved with protection off");
+    assert!(unprotected.own_log().contains("the kernel's ephemeral port range overlaps"), "{}", unprotected.own_log());
+
+    // 100 connections from node 1 itself all get one of the 132 free ports
+    // (the kernel would otherwise draw from all 3,000).
+    let direct = format!("{}:8080", lab.pod("web-2").ip);
+    let replies = lab.requests(&lab.nodes[0].ns, "tcp", &direct, 100, 1000).unwrap();
+    let ports: Vec<u16> = replies
+        .iter()
+        .filter_map(|r| match r {
+            proxy_lab::Reply::Ok { seen_source, .. } => Some(seen_source.port()),
+            proxy_lab::Reply::Err { .. } => None,
+        })
+        .collect();
+    assert_eq!(ports.len(), 100, "{replies:?}");
+    let outside: Vec<&u16> = ports.iter().filter(|p| !(32768..=32899).contains(*p)).collect();
+    assert!(outside.is_empty(), "local connections got reserved ports {outside:?}");
+    println!("100 local connections on ports {}..={}", ports.iter().min().unwrap(), ports.iter().max().unwrap());
 }
 
 #[test]
