@@ -1,6 +1,7 @@
 //! Installs, when missing, everything the build, the demo and the tests need.
 //! Safe to run any number of times; when all is present it only checks.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -43,16 +44,18 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
 
-    let missing: Vec<&str> = DEBIAN
-        .iter()
-        .filter(|(cmd, _)| which(cmd).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if missing.is_empty() {
-        present.push(DEBIAN.iter().map(|(_, pkg)| *pkg).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "));
-    } else {
+    let (missing, found): (BTreeSet<&str>, BTreeSet<&str>) = DEBIAN.iter().fold(Default::default(), |(mut missing, mut found), (cmd, pkg)| {
+        if which(cmd).is_none() {
+            missing.insert(*pkg);
+        } else {
+            found.insert(*pkg);
+        }
+        (missing, found)
+    });
+    // A package with one command missing is installed, whatever else of it is there.
+    present.extend(found.difference(&missing).map(|s| s.to_string()));
+    if !missing.is_empty() {
+        let missing: Vec<&str> = missing.into_iter().collect();
         install_debian(&missing)?;
         installed.extend(missing.iter().map(|s| s.to_string()));
     }
