@@ -7,7 +7,7 @@ use aya_log_ebpf::error;
 use proxy_common::{
     conntrack::{ct_flags, flow_is_over},
     maps::{scope, service_flags},
-    CtDirection, CtKey, CtValue, Verdict,
+    Backend, CtDirection, CtKey, CtValue, Verdict, IPPROTO_TCP,
 };
 
 use crate::{
@@ -122,7 +122,13 @@ fn reverse(entry: &CtValue) -> Rewrite {
 /// and both directions recorded anew.
 const SYN_RETRANSMIT_WINDOW_NS: u64 = 10_000_000_000;
 
-/// The translation of a flow seen before, if its backend is still there.
+/// The translation of a flow seen before. When its backend has left the
+/// Service (not ready, terminating, or deleted), a TCP connection stays with
+/// the backend its entry records, as netfilter's conntrack keeps kube-proxy's
+/// DNAT: the pod may still be finishing it (a rolling update's graceful
+/// shutdown, a readiness probe that failed under load). A UDP flow, or a
+/// retransmitted first SYN, gets a live backend instead, as kube-proxy
+/// clears the UDP entries of endpoints that stop serving.
 #[inline(always)]
 fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<Nat, i64>> {
     let entry = ct4_lookup_original(orig, &frontend.svc)?;
@@ -136,7 +142,16 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
     {
         return None;
     }
-    let backend = lb4_lookup_backend(value.backend_id)?;
+    let backend = match lb4_lookup_backend(value.backend_id) {
+        Some(backend) => backend,
+        None if flow.proto == IPPROTO_TCP && !flow.is_tcp_open() => Backend {
+            addr: value.nat_addr,
+            port: value.nat_port,
+            proto: flow.proto,
+            flags: 0,
+        },
+        None => return None,
+    };
     if flow.is_tcp_close() {
         let (src_addr, src_port) = source_after_nat(orig, &value);
         ct4_mark_closing(orig);

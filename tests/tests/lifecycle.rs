@@ -93,6 +93,39 @@ fn a_pods_udp_flow_moves_when_its_endpoint_leaves() {
     }
 }
 
+/// An established TCP connection stays with its backend when that endpoint
+/// leaves the Service, as kube-proxy's conntrack keeps it: the pod may
+/// still be finishing its requests (a readiness probe failing under load, a
+/// rolling update's graceful shutdown). New connections go to the live
+/// endpoint only. Both when the endpoint turns not ready and when it is
+/// removed from the slice outright.
+#[test]
+fn an_established_tcp_connection_outlives_its_endpoint_leaving() {
+    if !require_root("an_established_tcp_connection_outlives_its_endpoint_leaving") {
+        return;
+    }
+    let lab = lab_with_web(&["web-2"]);
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let (web2, web3) = (lab.pod("web-2").ip, lab.pod("web-3").ip);
+    let leavings: [(&str, Vec<(std::net::Ipv4Addr, bool)>); 2] =
+        [("not ready", vec![(web2, false), (web3, true)]), ("removed", vec![(web3, true)])];
+    for (generation, (how, endpoints)) in (2..).zip(leavings) {
+        lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &[(web2, true)])).unwrap();
+        agent.wait_synced(2 * generation - 2, SYNC_TIMEOUT).unwrap();
+        let flow = lab.requests_in_background(&lab.pod("client-a").ns, "tcp-keep", TARGET, 40, 1000, 50).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &endpoints)).unwrap();
+        agent.wait_synced(2 * generation - 1, SYNC_TIMEOUT).unwrap();
+        let kept = Summary::of(&flow.wait().unwrap());
+        println!("web-2 {how}: the connection was answered by {:?}, failed {}", kept.by_backend, kept.failed);
+        assert_eq!(kept.failed, 0, "web-2 {how}: {:?}", kept.errors);
+        assert_eq!(answered_by(&kept), vec!["web-2"], "web-2 {how}");
+        let fresh = send(&lab, "tcp", 20);
+        assert_eq!((fresh.failed, answered_by(&fresh)), (0, vec!["web-3"]), "new connections with web-2 {how}");
+    }
+}
+
 #[test]
 fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     if !require_root("dataplane_outlives_the_agent_and_a_restart_adopts_it") {
