@@ -142,9 +142,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         let sync_started = telemetry.sync_started();
         match source.read(node_changed) {
             Ok((changes, skipped)) => {
-                sync.run(&mut maps, changes, &config, skipped);
+                let ops = sync.run(&mut maps, changes, &config, skipped);
                 telemetry.synced(sync_started, sync.report());
-                if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| sync.last_ops > 0) {
+                if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| ops > 0) {
                     telemetry.udp_sockets_aborted(stale_sockets::abort_stale(rev_nat, sync.tables.tables()));
                 }
             }
@@ -341,8 +341,6 @@ struct Sync {
     /// For telemetry: what the last sync served, and its failed writes.
     served: Served,
     failed_writes: usize,
-    /// Map writes the last sync planned.
-    last_ops: usize,
 }
 
 impl Sync {
@@ -361,11 +359,12 @@ impl Sync {
             generation: 0,
             served: Served::default(),
             failed_writes: 0,
-            last_ops: 0,
         })
     }
 
-    fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) {
+    /// Brings the maps to what `changes` ask for; returns how many map
+    /// writes that planned.
+    fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) -> usize {
         let started = Instant::now();
         let full = matches!(changes, Changes::All { .. });
         let mut health_checks_changed = full;
@@ -392,7 +391,6 @@ impl Sync {
         };
         let planned = started.elapsed();
         let failures = maps.apply(&ops);
-        self.last_ops = ops.len();
         // After the writes, so telemetry never delays them.
         // Health checks are found by visiting every frontend: only when a
         // change can have touched one.
@@ -437,6 +435,7 @@ impl Sync {
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );
+        ops.len()
     }
 
     /// Whether a change to this Service can change the health check

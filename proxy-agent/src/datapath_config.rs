@@ -27,8 +27,8 @@ impl Default for PortRange {
 }
 
 impl PortRange {
-    pub fn overlaps(&self, low: u16, high: u16) -> bool {
-        low <= self.max && high >= self.min
+    pub fn overlaps(&self, other: PortRange) -> bool {
+        other.min <= self.max && other.max >= self.min
     }
 }
 
@@ -121,8 +121,7 @@ pub fn warn_about(service_cidrs: &[Cidr], snat_ports: PortRange) {
     if service_cidrs.len() > MAX_SERVICE_CIDRS {
         tracing::warn!(given = service_cidrs.len(), used = MAX_SERVICE_CIDRS, "too many --service-cidr ranges; the rest are ignored");
     }
-    let node_ports = crate::port_protection::NODE_PORTS;
-    if snat_ports.overlaps(node_ports.min, node_ports.max) {
+    if snat_ports.overlaps(crate::port_protection::NODE_PORTS) {
         tracing::warn!(snat = %snat_ports, "the SNAT port range overlaps the NodePort range 30000-32767; a SNATed flow could shadow a NodePort");
     }
 }
@@ -161,7 +160,7 @@ mod tests {
         for bad in ["61000", "65535-61000", "80-1000", "61000-70000", "a-b", ""] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad:?} accepted");
         }
-        assert!(narrow.overlaps(32_768, 61_000));
-        assert!(!narrow.overlaps(32_768, 60_999));
+        assert!(narrow.overlaps(PortRange { min: 32_768, max: 61_000 }));
+        assert!(!narrow.overlaps(PortRange { min: 32_768, max: 60_999 }));
     }
 }

@@ -63,7 +63,7 @@ pub fn apply(ranges: &[(&str, PortRange)], protect: bool) {
     let meeting: Vec<(&str, PortRange)> = ranges
         .iter()
         .copied()
-        .filter(|(_, r)| r.overlaps(ephemeral.min, ephemeral.max) && !covers(&reserved, *r))
+        .filter(|(_, r)| r.overlaps(ephemeral) && !covers(&reserved, *r))
         .collect();
     if !protect {
         for (what, range) in &meeting {

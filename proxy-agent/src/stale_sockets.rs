@@ -16,16 +16,13 @@ use proxy_common::{maps::scope, BackendSlotKey, ServiceKey, IPPROTO_UDP};
 use crate::datapath::{udp_sockets, SockRevNat};
 use crate::tables::Tables;
 
-/// The frontend scopes in the order the socket hooks look them up.
-const SCOPES: [u8; 3] = [scope::CLUSTER_IP, scope::NODE_PORT, scope::EXTERNAL];
-
 /// Whether a UDP datagram dialled to `frontend` could be sent to `backend`
 /// now: the frontend exists (first matching scope, as the hooks look it
 /// up) and one of its usable slots names the backend.
 pub fn still_served(tables: &Tables, frontend: SocketAddrV4, backend: SocketAddrV4) -> bool {
     let addr = u32::from_ne_bytes(frontend.ip().octets());
     let port = frontend.port().to_be();
-    let Some(svc) = SCOPES.iter().find_map(|&scope| {
+    let Some(svc) = scope::SOCKET_LOOKUP_ORDER.iter().find_map(|&scope| {
         tables.services.get(&ServiceKey {
             addr,
             port,

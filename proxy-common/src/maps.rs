@@ -41,6 +41,11 @@ pub mod scope {
     /// between them (`loadBalancerSourceRanges` applies to LB IPs only) is a
     /// per-frontend property and belongs in [`super::ServiceValue::flags`].
     pub const EXTERNAL: u8 = 2;
+
+    /// The scopes a host socket can dial, in the order the socket hooks
+    /// look them up (most common first); the agent's check of which
+    /// sockets a backend still serves must follow the same order.
+    pub const SOCKET_LOOKUP_ORDER: [u8; 3] = [CLUSTER_IP, NODE_PORT, EXTERNAL];
 }
 
 /// Bits of [`ServiceValue::flags`].

@@ -28,6 +28,13 @@ pub struct SockRevNatKey {
     pub pad: u16,
 }
 
+impl SockRevNatKey {
+    /// All fields in network byte order but the cookie.
+    pub const fn new(cookie: u64, backend_addr: u32, backend_port: u16) -> Self {
+        SockRevNatKey { cookie, backend_addr, backend_port, pad: 0 }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockRevNatValue {

@@ -49,7 +49,7 @@ pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
     touch(entry, now_ns());
     let value = unsafe { *entry };
     if closing {
-        mark_closing(entry);
+        ct4_mark_entry_closing(entry);
         ct4_mark_closing(&key.original_of_reply(&value));
     }
     Some(value)
@@ -60,12 +60,13 @@ pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
 #[inline(always)]
 pub fn ct4_mark_closing(key: &CtKey) {
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        mark_closing(entry);
+        ct4_mark_entry_closing(entry);
     }
 }
 
+/// [`ct4_mark_closing`] for an entry already looked up.
 #[inline(always)]
-fn mark_closing(entry: *mut CtValue) {
+pub fn ct4_mark_entry_closing(entry: *mut CtValue) {
     unsafe {
         if (*entry).flags & ct_flags::CLOSING == 0 {
             (*entry).flags |= ct_flags::CLOSING;

@@ -12,8 +12,8 @@ use proxy_common::{
 
 use crate::{
     conntrack::{
-        ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_refresh, ct_key,
-        now_ns, source_after_nat, Nat,
+        ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_mark_entry_closing,
+        ct4_refresh, ct_key, now_ns, source_after_nat, Nat,
     },
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend_for, lb4_source_allowed, Frontend, Role},
     maps::config,
@@ -154,7 +154,7 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
     };
     if flow.is_tcp_close() {
         let (src_addr, src_port) = source_after_nat(orig, &value);
-        ct4_mark_closing(orig);
+        ct4_mark_entry_closing(entry);
         ct4_mark_closing(&orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port));
     }
     Some(ct4_refresh(entry, orig, &backend, now).map(|()| Nat {

@@ -34,10 +34,6 @@ const PROCEED: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
-/// Frontend scopes a host socket can dial, most common first: a ClusterIP,
-/// a NodePort on one of this node's addresses, a LoadBalancer or external IP.
-const SCOPES: [u8; 3] = [scope::CLUSTER_IP, scope::NODE_PORT, scope::EXTERNAL];
-
 /// The affinity map's client for host sockets: no pod or outside client has
 /// address 0.0.0.0, so the node's sockets share an entry of their own.
 const HOST_CLIENT: u32 = 0;
@@ -67,12 +63,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     };
-    let key = SockRevNatKey {
-        cookie,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        pad: 0,
-    };
+    let key = SockRevNatKey::new(cookie, backend.addr, backend.port);
     let value = SockRevNatValue {
         frontend_addr: addr,
         frontend_port: port,
@@ -100,12 +91,11 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    let key = SockRevNatKey {
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        backend_addr: unsafe { (*sa).user_ip4 },
-        backend_port: unsafe { (*sa).user_port } as u16,
-        pad: 0,
-    };
+    let key = SockRevNatKey::new(
+        unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        unsafe { (*sa).user_ip4 },
+        unsafe { (*sa).user_port } as u16,
+    );
     if let Some(frontend) = unsafe { SOCK_REV_NAT.get(&key) } {
         unsafe {
             (*sa).user_ip4 = frontend.frontend_addr;
@@ -167,7 +157,7 @@ fn choose_backend(cookie: u64, svc: &ServiceValue, addr: u32, port: u16, proto: 
 
 #[inline(always)]
 fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
-    for scope in SCOPES {
+    for scope in scope::SOCKET_LOOKUP_ORDER {
         let key = ServiceKey { addr, port, proto, scope };
         if let Some(svc) = lb4_lookup(&key) {
             return Some(svc);

@@ -27,6 +27,27 @@ impl Reply {
             Reply::Ok { micros, .. } | Reply::Err { micros, .. } => *micros,
         }
     }
+
+    /// The pod that answered; None for a failed request.
+    pub fn backend(&self) -> Option<&str> {
+        match self {
+            Reply::Ok { backend, .. } => Some(backend),
+            Reply::Err { .. } => None,
+        }
+    }
+
+    /// The source address the backend saw; None for a failed request.
+    pub fn seen_source(&self) -> Option<SocketAddr> {
+        match self {
+            Reply::Ok { seen_source, .. } => Some(*seen_source),
+            Reply::Err { .. } => None,
+        }
+    }
+}
+
+/// Who answered each request, in order ("error" for a failed one).
+pub fn answer_order(replies: &[Reply]) -> Vec<&str> {
+    replies.iter().map(|r| r.backend().unwrap_or("error")).collect()
 }
 
 /// The longest any of `replies` took (0 for none).

@@ -13,6 +13,7 @@ use common::{answered_by, binaries, counter, SYNC_TIMEOUT};
 use proxy_lab::cmd::ip;
 use proxy_lab::manifests::service;
 use proxy_lab::privilege::require_root;
+use proxy_lab::traffic::answer_order;
 use proxy_lab::{Lab, Reply, Summary};
 
 const WEB: &str = "10.96.0.10:80";
@@ -267,17 +268,6 @@ fn host_flow_across_endpoint_change(proto: &str) -> (Lab, proxy_lab::Agent, Vec<
     println!("{proto}: endpoint change synced in {} ms", changed.elapsed().as_millis());
     let replies = flow.wait().unwrap();
     (lab, agent, replies)
-}
-
-/// Who answered each request, in order ("error" for a failed one).
-fn answer_order(replies: &[Reply]) -> Vec<&str> {
-    replies
-        .iter()
-        .map(|r| match r {
-            Reply::Ok { backend, .. } => backend.as_str(),
-            Reply::Err { .. } => "error",
-        })
-        .collect()
 }
 
 /// When the endpoint a UDP socket's datagrams go to is removed, the next

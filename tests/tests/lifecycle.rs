@@ -80,13 +80,7 @@ fn a_pods_udp_flow_moves_when_its_endpoint_leaves() {
         let s = Summary::of(&replies);
         println!("{proto} across the endpoint change: {:?}, failed {}", s.by_backend, s.failed);
         assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
-        let order: Vec<&str> = replies
-            .iter()
-            .filter_map(|r| match r {
-                proxy_lab::Reply::Ok { backend, .. } => Some(backend.as_str()),
-                proxy_lab::Reply::Err { .. } => None,
-            })
-            .collect();
+        let order: Vec<&str> = replies.iter().filter_map(proxy_lab::Reply::backend).collect();
         let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
         assert_eq!((order.first(), order.last(), switches), (Some(&removed), Some(&kept), 1), "{proto}: {order:?}");
         assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), [TARGET], "{proto}");

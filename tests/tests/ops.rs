@@ -196,13 +196,7 @@ fn port_ranges_the_datapath_answers_for_are_kept_from_local_sockets() {
     // (the kernel would otherwise draw from all 3,000).
     let direct = format!("{}:8080", lab.pod("web-2").ip);
     let replies = lab.requests(&lab.nodes[0].ns, "tcp", &direct, 100, 1000).unwrap();
-    let ports: Vec<u16> = replies
-        .iter()
-        .filter_map(|r| match r {
-            proxy_lab::Reply::Ok { seen_source, .. } => Some(seen_source.port()),
-            proxy_lab::Reply::Err { .. } => None,
-        })
-        .collect();
+    let ports: Vec<u16> = replies.iter().filter_map(|r| r.seen_source()).map(|s| s.port()).collect();
     assert_eq!(ports.len(), 100, "{replies:?}");
     let outside: Vec<&u16> = ports.iter().filter(|p| !(32768..=32899).contains(*p)).collect();
     assert!(outside.is_empty(), "local connections got reserved ports {outside:?}");

@@ -20,12 +20,7 @@ impl SockRevNat {
     /// The frontend socket `cookie` dialled when the hook sent it to
     /// `backend`; `None` for a socket the hook did not translate.
     pub fn frontend(&self, cookie: u64, backend: SocketAddrV4) -> Option<SocketAddrV4> {
-        let key = SockRevNatKey {
-            cookie,
-            backend_addr: u32::from_ne_bytes(backend.ip().octets()),
-            backend_port: backend.port().to_be(),
-            pad: 0,
-        };
+        let key = SockRevNatKey::new(cookie, u32::from_ne_bytes(backend.ip().octets()), backend.port().to_be());
         let value = self.0.get(&key, 0).ok()?;
         Some(SocketAddrV4::new(
             Ipv4Addr::from(value.frontend_addr.to_ne_bytes()),

@@ -85,40 +85,31 @@ fn addr(bytes: [u8; 4], port: [u8; 2]) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(bytes), u16::from_be_bytes(port))
 }
 
-/// Every connected IPv4 UDP socket of the caller's network namespace.
-pub fn connected() -> io::Result<Vec<ConnectedUdp>> {
-    let socket = open()?;
-    let request = Request {
+/// A request about IPv4 UDP sockets in `states` (a bit per state).
+fn udp4_request(states: u32, id: SockId) -> Request {
+    Request {
         family: libc::AF_INET as u8,
         protocol: libc::IPPROTO_UDP as u8,
-        states: 1 << TCP_ESTABLISHED,
+        states,
+        id,
         ..Request::default()
-    };
-    send(
-        &socket,
-        SOCK_DIAG_BY_FAMILY,
-        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-        request,
-    )?;
+    }
+}
+
+/// Every connected IPv4 UDP socket of the caller's network namespace.
+pub fn connected() -> io::Result<Vec<ConnectedUdp>> {
+    let nl = open()?;
+    let request = udp4_request(1 << TCP_ESTABLISHED, SockId::default());
+    send(&nl, SOCK_DIAG_BY_FAMILY, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16, request)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = recv(&socket, &mut buf)?;
-        let mut at = 0;
-        while at + size_of::<NlHeader>() <= n {
-            let header: NlHeader = read(&buf[at..]);
-            let len = header.len as usize;
-            if len < size_of::<NlHeader>() || at + len > n {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            let body = &buf[at + size_of::<NlHeader>()..at + len];
-            match header.kind as i32 {
+        let n = recv(&nl, &mut buf)?;
+        for (kind, body) in messages(&buf[..n])? {
+            match kind as i32 {
                 libc::NLMSG_DONE => return Ok(out),
                 libc::NLMSG_ERROR => return Err(netlink_error(body)),
-                _ if header.kind == SOCK_DIAG_BY_FAMILY && body.len() >= size_of::<Message>() => {
+                _ if kind == SOCK_DIAG_BY_FAMILY && body.len() >= size_of::<Message>() => {
                     let msg: Message = read(body);
                     if msg.family == libc::AF_INET as u8 {
                         out.push(ConnectedUdp {
@@ -131,7 +122,6 @@ pub fn connected() -> io::Result<Vec<ConnectedUdp>> {
                 }
                 _ => {}
             }
-            at += (len + 3) & !3;
         }
     }
 }
@@ -140,38 +130,36 @@ pub fn connected() -> io::Result<Vec<ConnectedUdp>> {
 /// the socket is no longer connected. Gone already is not an error.
 pub fn abort(socket: &ConnectedUdp) -> io::Result<()> {
     let nl = open()?;
-    let request = Request {
-        family: libc::AF_INET as u8,
-        protocol: libc::IPPROTO_UDP as u8,
-        states: u32::MAX,
-        id: socket.id,
-        ..Request::default()
-    };
-    send(
-        &nl,
-        SOCK_DESTROY,
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-        request,
-    )?;
+    send(&nl, SOCK_DESTROY, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16, udp4_request(u32::MAX, socket.id))?;
     let mut buf = vec![0u8; 4096];
     let n = recv(&nl, &mut buf)?;
-    if n < size_of::<NlHeader>() + 4 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "short netlink reply",
-        ));
+    match messages(&buf[..n])?.first() {
+        Some((kind, body)) if *kind as i32 == libc::NLMSG_ERROR => match netlink_error(body) {
+            e if matches!(e.raw_os_error(), Some(0) | Some(libc::ENOENT)) => Ok(()),
+            e => Err(e),
+        },
+        _ => Err(invalid("unexpected netlink reply")),
     }
-    let header: NlHeader = read(&buf);
-    if header.kind as i32 != libc::NLMSG_ERROR {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "unexpected netlink reply",
-        ));
+}
+
+/// The (type, body) of each netlink message in one datagram.
+fn messages(buf: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + size_of::<NlHeader>() <= buf.len() {
+        let header: NlHeader = read(&buf[at..]);
+        let len = header.len as usize;
+        if len < size_of::<NlHeader>() || at + len > buf.len() {
+            return Err(invalid("truncated netlink message"));
+        }
+        out.push((header.kind, &buf[at + size_of::<NlHeader>()..at + len]));
+        at += (len + 3) & !3;
     }
-    match netlink_error(&buf[size_of::<NlHeader>()..n]) {
-        e if e.raw_os_error() == Some(0) || e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        e => Err(e),
-    }
+    Ok(out)
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
 fn open() -> io::Result<OwnedFd> {
@@ -228,7 +216,7 @@ fn recv(socket: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 fn netlink_error(body: &[u8]) -> io::Error {
     match body.get(..4) {
         Some(code) => io::Error::from_raw_os_error(-i32::from_ne_bytes(code.try_into().unwrap())),
-        None => io::Error::new(io::ErrorKind::InvalidData, "short netlink error"),
+        None => invalid("short netlink error"),
     }
 }
 
