@@ -10,9 +10,11 @@ use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::attacher::Attacher;
+use crate::attachments::{self, DeviceSelection, NamePattern};
 use crate::conntrack_gc;
-use crate::datapath::{self, DeviceRole, PinLayout, PinnedMaps};
-use crate::datapath_config::{self, PortRange};
+use crate::datapath::{self, PinLayout, PinnedMaps};
+use crate::datapath_config::{self, PortRange, SocketLbSettings};
 use crate::port_protection;
 use crate::diff::{diff, diff_touched};
 use crate::model::{self, Cidr, Config, LiveModel, Slice};
@@ -39,18 +41,30 @@ pub struct RunArgs {
     node_name: Option<String>,
     /// The node's own network device, where NodePort, LoadBalancer and
     /// external IP traffic arrives from outside (repeat for each, or
-    /// comma-separated, as a DaemonSet passes it from its config).
-    #[arg(long = "device", required_unless_present = "pod_devices", value_delimiter = ',')]
+    /// comma-separated, as a DaemonSet passes it from its config). One that
+    /// does not exist yet is attached when it appears.
+    #[arg(long = "device", value_delimiter = ',')]
     devices: Vec<String>,
-    /// A pod's host-side device, where ClusterIP traffic from pods arrives
-    /// (repeat for each).
-    #[arg(long = "pod-device")]
-    pod_devices: Vec<String>,
+    /// Names of pods' host-side devices (comma-separated; `*` matches any
+    /// run of characters). The agent follows the node's devices and
+    /// attaches to each one that matches, as pods come and go.
+    #[arg(long, value_delimiter = ',', default_value = attachments::DEFAULT_POD_DEVICE_PATTERNS)]
+    pod_device_patterns: Vec<NamePattern>,
+    /// The node's root cgroup (v2), where the socket hooks attach, as the
+    /// init container `prepare-node` mounts it; empty turns socket-level
+    /// load balancing off.
+    #[arg(long, default_value = DEFAULT_CGROUP_ROOT)]
+    cgroup_root: PathBuf,
+    /// Socket-level load balancing for host processes only: pods are
+    /// served per packet on their devices, so a service mesh's sidecar or a
+    /// sandboxed runtime sees the address the application dialled.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    socket_lb_host_namespace_only: bool,
     /// The Service IP range(s) (comma-separated CIDRs, at most 4): traffic
     /// from pods to an address there that no Service holds is refused, as
-    /// kube-proxy rejects traffic to unallocated ClusterIPs.
-    #[arg(long, value_delimiter = ',')]
-    service_cidr: Vec<Cidr>,
+    /// kube-proxy rejects traffic to unallocated ClusterIPs. Empty: none.
+    #[arg(long = "service-cidr")]
+    service_cidr_lists: Vec<CidrList>,
     /// Source ports for flows SNATed to the node (externalTrafficPolicy
     /// Cluster, hairpin), LOW-HIGH. Keep it clear of the kernel's
     /// ip_local_port_range and of the NodePort range; the agent warns if not.
@@ -77,11 +91,6 @@ pub struct RunArgs {
     /// overrides the Node's when given.
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
-    /// A cgroup v2 directory: processes in it (host-network clients) reach
-    /// frontends by socket-level load balancing (connect4, sendmsg4,
-    /// recvmsg4, getpeername4 hooks).
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
     /// Also attach the XDP fast path for NodePort, LoadBalancer and external
     /// IP traffic to the `--device` devices.
     #[arg(long)]
@@ -95,6 +104,33 @@ pub struct RunArgs {
 }
 
 const RETRY: Duration = Duration::from_secs(1);
+const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Comma-separated CIDRs; empty is none (a DaemonSet passes an empty config
+/// value as `--flag=`).
+#[derive(Clone, Debug)]
+struct CidrList(Vec<Cidr>);
+
+impl std::str::FromStr for CidrList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.parse::<Cidr>().map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()
+            .map(CidrList)
+    }
+}
+
+impl RunArgs {
+    fn service_cidrs(&self) -> Vec<Cidr> {
+        self.service_cidr_lists.iter().flat_map(|l| l.0.iter().cloned()).collect()
+    }
+}
+
+/// Where the DaemonSet's init container mounts the host's cgroup2.
+pub const DEFAULT_CGROUP_ROOT: &str = "/run/ebpf-proxy/cgroupv2";
 
 pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -103,16 +139,39 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut source = Source::new(&args, &node_name).await?;
     datapath::ensure_bpffs(bpffs)?;
     let mut ebpf = datapath::load(&layout)?;
+    if args.xdp {
+        datapath::load_xdp(&mut ebpf)?;
+    }
     let _logger = spawn_ebpf_logger(&mut ebpf);
     let mut maps = PinnedMaps::open(&layout)?;
+    let cgroup_root = Some(args.cgroup_root.clone()).filter(|p| !p.as_os_str().is_empty());
     // Host sockets translated by the cgroup hooks, for aborting the UDP ones
     // whose backend leaves (see stale_sockets).
-    let sock_rev_nat = match args.cgroup {
+    let sock_rev_nat = match cgroup_root {
         Some(_) => Some(datapath::SockRevNat::open(&layout)?),
         None => None,
     };
+    let socket_lb = SocketLbSettings {
+        host_netns_cookie: datapath::own_netns_cookie().unwrap_or_else(|error| {
+            tracing::warn!(%error, "no network namespace cookie: the socket hooks will treat pods' sockets as the host's");
+            0
+        }),
+        host_namespace_only: args.socket_lb_host_namespace_only,
+    };
+    let mut attacher = Attacher::new(
+        layout.clone(),
+        DeviceSelection {
+            external: args.devices.clone(),
+            pod_patterns: args.pod_device_patterns.clone(),
+        },
+        cgroup_root,
+        args.xdp,
+    );
+    // Subscribed now, handled once the first sync is in the maps.
+    let mut link_events = datapath::links::watch();
     let mut attached = false;
-    datapath_config::warn_about(&args.service_cidr, args.snat_port_range);
+    let service_cidrs = args.service_cidrs();
+    datapath_config::warn_about(&service_cidrs, args.snat_port_range);
     port_protection::apply(
         &[("NodePorts", port_protection::NODE_PORTS), ("SNAT ports", args.snat_port_range)],
         args.protect_port_ranges,
@@ -134,58 +193,53 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     source.wait_ready(started).await?;
+    let mut resync = true;
     loop {
-        source.update_node(&mut config, !args.node_ips.is_empty());
-        datapath_config::write(&mut maps, &config, &args.service_cidr, args.snat_port_range, &mut written_config);
-        // A new node address or zone changes every Service's frontends.
-        let node_changed = &config != sync.model.config();
-        let sync_started = telemetry.sync_started();
-        match source.read(node_changed) {
-            Ok((changes, skipped)) => {
-                let ops = sync.run(&mut maps, changes, &config, skipped);
-                telemetry.synced(sync_started, sync.report());
-                if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| ops > 0) {
-                    telemetry.udp_sockets_aborted(stale_sockets::abort_stale(rev_nat, sync.tables.tables()));
+        if resync {
+            source.update_node(&mut config, !args.node_ips.is_empty());
+            datapath_config::write(&mut maps, &config, &service_cidrs, args.snat_port_range, socket_lb, &mut written_config);
+            // A new node address or zone changes every Service's frontends.
+            let node_changed = &config != sync.model.config();
+            let sync_started = telemetry.sync_started();
+            match source.read(node_changed) {
+                Ok((changes, skipped)) => {
+                    let ops = sync.run(&mut maps, changes, &config, skipped);
+                    telemetry.synced(sync_started, sync.report());
+                    if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| ops > 0) {
+                        telemetry.udp_sockets_aborted(stale_sockets::abort_stale(rev_nat, sync.tables.tables()));
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "reading the source failed; keeping what is programmed");
-                telemetry.source_failed(sync_started, &error);
+                Err(error) => {
+                    tracing::warn!(%error, "reading the source failed; keeping what is programmed");
+                    telemetry.source_failed(sync_started, &error);
+                }
             }
         }
         // Attached once the maps hold the first sync, so programs replaced
         // over maps that had to be recreated never serve from empty maps.
         if !attached {
-            attach_all(&mut ebpf, &layout, &args)?;
+            attacher.attach_socket_lb(&mut ebpf);
+            // The node's devices as they are now, attached before the agent
+            // says it serves; changes follow in the loop below.
+            match tokio::time::timeout(LISTING_TIMEOUT, link_events.recv()).await {
+                Ok(Some(listing)) => attacher.handle(&mut ebpf, listing),
+                _ => tracing::error!("the node's devices could not be listed; attaching as they are reported"),
+            }
             attached = true;
             tracing::info!("datapath serving");
         }
+        attacher.report(&telemetry);
+        resync = false;
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = source.changed() => {}
-            _ = tokio::time::sleep(RETRY), if sync.diverged.is_some() => {}
+            _ = source.changed() => resync = true,
+            Some(event) = link_events.recv() => attacher.handle(&mut ebpf, event),
+            _ = tokio::time::sleep(RETRY), if sync.diverged.is_some() => resync = true,
+            _ = tokio::time::sleep(RETRY), if attacher.has_failures() => attacher.retry(&mut ebpf),
         }
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
-    Ok(())
-}
-
-fn attach_all(ebpf: &mut aya::Ebpf, layout: &PinLayout, args: &RunArgs) -> anyhow::Result<()> {
-    for device in &args.devices {
-        datapath::attach_tc_ingress(ebpf, layout, device, DeviceRole::External)?;
-    }
-    for device in &args.pod_devices {
-        datapath::attach_tc_ingress(ebpf, layout, device, DeviceRole::Pod)?;
-    }
-    if let Some(cgroup) = &args.cgroup {
-        datapath::attach_cgroup(ebpf, layout, cgroup)?;
-    }
-    if args.xdp {
-        datapath::attach_xdp(ebpf, layout, &args.devices)?;
-    } else {
-        datapath::detach_xdp(layout)?;
-    }
     Ok(())
 }
 

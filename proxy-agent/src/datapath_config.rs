@@ -1,12 +1,13 @@
 //! The settings the datapath reads from its config map: the SNAT address and
-//! port range, and the service ranges.
+//! port range, the service ranges, and which sockets the socket hooks
+//! translate.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use proxy_common::{
-    config::{MAX_SERVICE_CIDRS, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    config::{config_flags, MAX_SERVICE_CIDRS, SNAT_PORT_MAX, SNAT_PORT_MIN},
     Cidr4, DatapathConfig,
 };
 
@@ -54,11 +55,21 @@ impl FromStr for PortRange {
     }
 }
 
+/// Which sockets the socket hooks translate (see
+/// `DatapathConfig::socket_lb_serves`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketLbSettings {
+    /// The node's network namespace (the agent's own); 0 if unknown.
+    pub host_netns_cookie: u64,
+    /// `--socket-lb-host-namespace-only`.
+    pub host_namespace_only: bool,
+}
+
 /// What the config map should hold for this node. The SNAT address is the
 /// node's first address (NodePorts SNAT to the address they were reached
 /// on; this one is for LoadBalancer and external IPs). Ranges beyond the
 /// map's room are left out and reported.
-pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: PortRange) -> DatapathConfig {
+pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: PortRange, socket_lb: SocketLbSettings) -> DatapathConfig {
     let mut out = DatapathConfig {
         snat_addr: config
             .node_ips
@@ -68,6 +79,8 @@ pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: Port
             .unwrap_or(0),
         snat_port_min: snat_ports.min,
         snat_port_max: snat_ports.max,
+        host_netns_cookie: socket_lb.host_netns_cookie,
+        flags: if socket_lb.host_namespace_only { config_flags::SOCKET_LB_HOST_ONLY } else { 0 },
         ..DatapathConfig::default()
     };
     for (slot, cidr) in out.service_cidrs.iter_mut().zip(service_cidrs) {
@@ -92,9 +105,10 @@ pub fn write(
     config: &Config,
     service_cidrs: &[Cidr],
     snat_ports: PortRange,
+    socket_lb: SocketLbSettings,
     written: &mut Option<DatapathConfig>,
 ) {
-    let wanted = datapath_config(config, service_cidrs, snat_ports);
+    let wanted = datapath_config(config, service_cidrs, snat_ports, socket_lb);
     if written.is_none() {
         *written = maps.config().ok();
     }
@@ -108,6 +122,7 @@ pub fn write(
                 snat_addr = %Ipv4Addr::from(wanted.snat_addr.to_ne_bytes()),
                 snat_ports = format!("{}-{}", wanted.snat_port_min, wanted.snat_port_max),
                 service_cidrs = ?service_cidrs,
+                socket_lb_host_namespace_only = socket_lb.host_namespace_only,
                 "datapath config written"
             )
         }
@@ -137,7 +152,7 @@ mod tests {
             ..Config::default()
         };
         let cidrs: Vec<Cidr> = vec!["10.96.0.0/12".parse().unwrap()];
-        let out = datapath_config(&config, &cidrs, PortRange::default());
+        let out = datapath_config(&config, &cidrs, PortRange::default(), SocketLbSettings::default());
         assert_eq!(out.snat_addr, u32::from_ne_bytes([10, 100, 0, 11]));
         assert!(out.in_service_range(u32::from_ne_bytes([10, 96, 0, 10])));
         assert!(out.in_service_range(u32::from_ne_bytes([10, 111, 1, 1])));
@@ -147,14 +162,14 @@ mod tests {
 
     #[test]
     fn no_node_address_means_no_snat() {
-        assert_eq!(datapath_config(&Config::default(), &[], PortRange::default()).snat_addr, 0);
+        assert_eq!(datapath_config(&Config::default(), &[], PortRange::default(), SocketLbSettings::default()).snat_addr, 0);
     }
 
     #[test]
     fn snat_port_range_flag() {
         let narrow: PortRange = "61000-61499".parse().unwrap();
         assert_eq!(narrow, PortRange { min: 61_000, max: 61_499 });
-        let out = datapath_config(&Config::default(), &[], narrow);
+        let out = datapath_config(&Config::default(), &[], narrow, SocketLbSettings::default());
         assert_eq!((out.snat_port_min, out.snat_port_max), (61_000, 61_499));
         assert_eq!(PortRange::default().to_string(), "61000-65535");
         for bad in ["61000", "65535-61000", "80-1000", "61000-70000", "a-b", ""] {

@@ -1,4 +1,4 @@
-//! `proxy-agent list services|backends|conntrack`: the pinned maps as
+//! `proxy-agent list services|backends|conntrack|attachments`: the pinned maps as
 //! readable tables, in the spirit of `cilium bpf lb list`. The maps hold no
 //! Service names, only what the datapath uses; the tables show that, so what
 //! is printed is exactly what packets meet.
@@ -25,6 +25,8 @@ pub enum What {
     Backends,
     /// Tracked flows: client -> frontend, translated to which backend.
     Conntrack,
+    /// Where the programs are attached: devices and the cgroup.
+    Attachments,
 }
 
 const SERVICE_FLAG_NAMES: &[(u32, &str)] = &[
@@ -41,14 +43,29 @@ const BACKEND_FLAG_NAMES: &[(u32, &str)] = &[
 ];
 
 pub fn list(layout: &PinLayout, what: What, limit: usize) -> anyhow::Result<()> {
+    if what == What::Attachments {
+        print!("{}", attachments_table(&crate::datapath::attachments(layout)));
+        return Ok(());
+    }
     let maps = PinnedMaps::open(layout)?;
     let text = match what {
         What::Services => services_table(&maps.read_tables()?),
         What::Backends => backends_table(&maps.read_tables()?),
         What::Conntrack => conntrack_table(maps.conntrack_entries()?, crate::conntrack_gc::monotonic_ns(), limit),
+        What::Attachments => unreachable!(),
     };
     print!("{text}");
     Ok(())
+}
+
+/// One line per pinned link: the hook, what it is attached to, and the
+/// program it runs.
+pub fn attachments_table(attachments: &[crate::datapath::Attachment]) -> String {
+    let mut rows = vec![row(["HOOK", "TARGET", "PROGRAM", "PIN"])];
+    for a in attachments {
+        rows.push(row([a.hook.as_str(), a.target.as_str(), a.program.as_str(), a.pin.as_str()]));
+    }
+    columns(&rows)
 }
 
 pub fn services_table(tables: &Tables) -> String {

@@ -1,6 +1,8 @@
 //! proxy-agent: the per-node agent of the eBPF service proxy.
 
 mod agent;
+mod attacher;
+mod attachments;
 mod conntrack_gc;
 mod datapath;
 mod datapath_config;
@@ -39,14 +41,22 @@ enum Command {
     Run(agent::RunArgs),
     /// Detach the programs and remove every pinned map and link.
     Cleanup,
-    /// Mount bpffs at `--bpffs` unless one is there, then exit: the
-    /// DaemonSet's init container does this once, so the agent itself needs
-    /// no CAP_SYS_ADMIN.
-    MountBpffs,
+    /// Prepare the node, then exit (the DaemonSet's init container, which
+    /// alone has CAP_SYS_ADMIN): mount bpffs at `--bpffs` unless one is
+    /// there, and make `--cgroup-root` a cgroup2 mount of the host's root
+    /// cgroup, mounted from the host's cgroup namespace.
+    PrepareNode {
+        #[arg(long, default_value = agent::DEFAULT_CGROUP_ROOT)]
+        cgroup_root: PathBuf,
+        /// The host's cgroup namespace (the host's `/proc/1/ns/cgroup`,
+        /// mounted into the container).
+        #[arg(long, default_value = "/hostproc/1/ns/cgroup")]
+        host_cgroupns: PathBuf,
+    },
     /// Print the datapath's verdict counters.
     Counters,
-    /// Print what the pinned maps hold: frontends and their backends,
-    /// backends by id, or tracked flows.
+    /// Print what the pinned maps hold (frontends and their backends,
+    /// backends by id, tracked flows) or where the programs are attached.
     List {
         what: inspect::What,
         /// Print at most this many conntrack flows.
@@ -75,7 +85,10 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(agent::run(&cli.bpffs, layout, args))
         }
         Command::Cleanup => datapath::cleanup(&layout),
-        Command::MountBpffs => datapath::ensure_bpffs(&cli.bpffs),
+        Command::PrepareNode { cgroup_root, host_cgroupns } => {
+            datapath::ensure_bpffs(&cli.bpffs)?;
+            datapath::prepare_cgroup_root(&cgroup_root, &host_cgroupns)
+        }
         Command::Counters => {
             let maps = PinnedMaps::open(&layout)?;
             for (verdict, count) in maps.verdicts()? {

@@ -44,9 +44,49 @@ pub struct DatapathConfig {
     /// frontend claims is refused, as kube-proxy rejects traffic to
     /// unallocated ClusterIPs.
     pub service_cidrs: [Cidr4; MAX_SERVICE_CIDRS],
+    /// The node's own network namespace, as `bpf_get_netns_cookie` names it:
+    /// the socket hooks tell host sockets from pods' by it. 0 until the
+    /// agent has written it; then every socket counts as the host's.
+    pub host_netns_cookie: u64,
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`DatapathConfig::flags`].
+pub mod config_flags {
+    /// The socket hooks translate host sockets only; pods are served per
+    /// packet by the programs on their devices, so a service mesh sidecar
+    /// or a sandboxed runtime sees the address the application dialled
+    /// (Cilium's `socketLB.hostNamespaceOnly`).
+    pub const SOCKET_LB_HOST_ONLY: u32 = 1 << 0;
 }
 
 impl DatapathConfig {
+    /// Whether a socket of network namespace `netns_cookie` is the node's
+    /// own (every socket is, until the agent has said which namespace that
+    /// is).
+    #[inline(always)]
+    pub fn is_host_netns(&self, netns_cookie: u64) -> bool {
+        self.host_netns_cookie == 0 || netns_cookie == self.host_netns_cookie
+    }
+
+    /// Whether the socket hooks translate a socket of the network namespace
+    /// `netns_cookie`, for a `connect` (`connect`) or a `sendto`. Host
+    /// sockets always. A pod's connected UDP socket never: its datagrams go
+    /// per packet through the pod's device, where conntrack moves the flow
+    /// to a live backend when its endpoint leaves (a socket bound at connect
+    /// time would keep talking to the removed one, and aborting it would
+    /// need entering every pod's namespace). Other pod sockets unless
+    /// [`config_flags::SOCKET_LB_HOST_ONLY`].
+    #[inline(always)]
+    pub fn socket_lb_serves(&self, netns_cookie: u64, connect: bool, udp: bool) -> bool {
+        if self.is_host_netns(netns_cookie) {
+            return true;
+        }
+        self.flags & config_flags::SOCKET_LB_HOST_ONLY == 0 && !(connect && udp)
+    }
+
     #[inline(always)]
     pub fn in_service_range(&self, addr: u32) -> bool {
         let mut i = 0;
@@ -72,7 +112,7 @@ pub const fn snat_port(random: u32, min: u16, max: u16) -> u16 {
 }
 
 const _: () = assert!(size_of::<Cidr4>() == 8);
-const _: () = assert!(size_of::<DatapathConfig>() == 40);
+const _: () = assert!(size_of::<DatapathConfig>() == 56);
 
 #[cfg(test)]
 mod tests {
@@ -94,6 +134,24 @@ mod tests {
         assert!(config.in_service_range(be([10, 111, 255, 255])));
         assert!(!config.in_service_range(be([10, 112, 0, 1])));
         assert!(!config.in_service_range(be([0, 0, 0, 0])), "unused entries match nothing");
+    }
+
+    #[test]
+    fn socket_lb_serves_host_sockets_and_pods_but_their_connected_udp() {
+        let mut config = DatapathConfig::default();
+        assert!(config.socket_lb_serves(7, true, true), "no cookie known yet: everything, as before");
+        config.host_netns_cookie = 1;
+        for (connect, udp) in [(true, true), (true, false), (false, true)] {
+            assert!(config.socket_lb_serves(1, connect, udp), "host socket");
+        }
+        assert!(config.socket_lb_serves(7, true, false), "pod TCP connect");
+        assert!(config.socket_lb_serves(7, false, true), "pod UDP sendto");
+        assert!(!config.socket_lb_serves(7, true, true), "pod connected UDP goes per packet");
+        config.flags |= config_flags::SOCKET_LB_HOST_ONLY;
+        assert!(config.socket_lb_serves(1, true, true));
+        for (connect, udp) in [(true, true), (true, false), (false, true)] {
+            assert!(!config.socket_lb_serves(7, connect, udp), "host-only: no pod socket");
+        }
     }
 
     #[test]

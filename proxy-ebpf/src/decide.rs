@@ -104,7 +104,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
 /// A reply: the frontend goes back in as the source, and for a SNATed flow
 /// the client goes back in as the destination.
 #[inline(always)]
-fn reverse(entry: &CtValue) -> Rewrite {
+pub fn reverse(entry: &CtValue) -> Rewrite {
     let snat = entry.flags & ct_flags::SNAT != 0;
     Rewrite {
         verdict: Verdict::ReverseTranslated,

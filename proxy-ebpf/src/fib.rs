@@ -9,7 +9,7 @@
 use core::{ffi::c_void, mem::size_of, ptr::null_mut};
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
+    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_UNSPEC},
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -45,12 +45,13 @@ pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr
 
 /// Redirects the packet (already rewritten to `saddr -> daddr`) to the
 /// device the routing table sends `daddr` to. When the table has no
-/// forwarding answer, the packet is handed to the stack instead.
+/// forwarding answer, the packet is handed on (to the stack, after any
+/// program attached behind ours) instead.
 #[inline(always)]
 pub fn fib_redirect(ctx: &TcContext, flow: &Flow, saddr: u32, daddr: u32) -> i32 {
     // The kernel fills in the L2 header itself (redirect_neigh).
     match fib_lookup(ctx.skb.skb as *mut c_void, ifindex(ctx), flow, saddr, daddr, BPF_FIB_LOOKUP_SKIP_NEIGH) {
         Some(params) => unsafe { bpf_redirect_neigh(params.ifindex, null_mut(), 0, 0) as i32 },
-        None => TC_ACT_OK as i32,
+        None => TC_ACT_UNSPEC,
     }
 }

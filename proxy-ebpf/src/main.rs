@@ -28,6 +28,15 @@ pub fn proxy_tc_pod(ctx: TcContext) -> i32 {
     tc::ingress(&ctx, Role::Pod)
 }
 
+/// tc egress on pod-facing devices: replies on their way into a pod that no
+/// earlier hook restored, because NAT the CNI applied after ours (a
+/// masquerade towards an endpoint outside the pod network) hid them until
+/// the stack undid it.
+#[classifier]
+pub fn proxy_tc_pod_egress(ctx: TcContext) -> i32 {
+    tc::pod_egress(&ctx)
+}
+
 /// tc ingress on the node's external devices: NodePort, LoadBalancer and
 /// external IP traffic from outside, and replies from remote backends.
 #[classifier]
@@ -46,12 +55,12 @@ pub fn proxy_xdp_external(ctx: XdpContext) -> u32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn proxy_sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx)
+    sock::translate(&ctx, sock::Call::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn proxy_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx)
+    sock::translate(&ctx, sock::Call::SendTo)
 }
 
 #[cgroup_sock_addr(recvmsg4)]

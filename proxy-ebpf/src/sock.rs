@@ -10,22 +10,27 @@
 //! its backend; when that endpoint leaves, the agent aborts connected UDP
 //! sockets (see the agent's stale_sockets), as kube-proxy's conntrack
 //! cleanup moves UDP flows.
+//!
+//! Which sockets they translate is the config's (`socket_lb_serves`): host
+//! sockets always; pods' sockets too unless the agent runs host-namespace
+//! only, except a pod's connected UDP socket, which is left to the per-packet
+//! path so that it follows its endpoint's removal.
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
     EbpfContext,
 };
 use proxy_common::{
-    maps::scope,
+    maps::{scope, service_flags},
     sock::{SockFlowKey, SockFlowValue, SockRevNatKey, SockRevNatValue},
     Backend, ServiceKey, ServiceValue, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     lb::{lb4_lookup, lb4_lookup_backend, lb4_select_backend_for},
-    maps::{count, SOCK_FLOWS, SOCK_REV_NAT},
+    maps::{config, count, SOCK_FLOWS, SOCK_REV_NAT},
 };
 
 /// What a cgroup sock_addr program returns to let the call go on.
@@ -38,12 +43,26 @@ const ECONNREFUSED: i32 = 111;
 /// address 0.0.0.0, so the node's sockets share an entry of their own.
 const HOST_CLIENT: u32 = 0;
 
-/// cgroup/connect4 (TCP and connected UDP) and cgroup/sendmsg4 (UDP
-/// `sendto` with an address).
+/// Which hook is translating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// cgroup/connect4: TCP, and UDP sockets that connect.
+    Connect,
+    /// cgroup/sendmsg4: UDP `sendto` with an address.
+    SendTo,
+}
+
+/// cgroup/connect4 and cgroup/sendmsg4.
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext) -> i32 {
+pub fn translate(ctx: &SockAddrContext, call: Call) -> i32 {
     let sa = ctx.sock_addr;
     let Some(proto) = protocol(sa) else { return PROCEED };
+    // SAFETY: the context is the hook's own bpf_sock_addr.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let config = config();
+    if !config.socket_lb_serves(netns, call == Call::Connect, proto == IPPROTO_UDP) {
+        return PROCEED;
+    }
     let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
     let Some(svc) = lookup_frontend(addr, port, proto) else {
         // Not a frontend: the overwhelming majority of calls, not counted
@@ -51,12 +70,17 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         return PROCEED;
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A Local traffic policy left no endpoint on this node: kube-proxy
+    // drops such traffic. A pod's packets go on untranslated, and the
+    // program on its device drops them, exactly so. A host socket would
+    // leave the node with the frontend address, so it is refused instead
+    // (a socket has no "drop" short of a timeout).
+    if svc.count == 0 && svc.flags & service_flags::NO_LOCAL_ENDPOINTS != 0 && !config.is_host_netns(netns) {
+        return PROCEED;
+    }
     // No usable endpoint (count 0), or the agent is half-way through
     // shrinking the service: refuse at once, as kube-proxy's REJECT does,
-    // instead of letting the client wait for a timeout. Also when the count
-    // is 0 only because a Local traffic policy left no endpoint on this node
-    // (NO_LOCAL_ENDPOINTS), where kube-proxy drops: a socket has no "drop"
-    // short of a timeout, and an immediate error tells the client more.
+    // instead of letting the client wait for a timeout.
     let Some(backend) = choose_backend(cookie, &svc, addr, port, proto) else {
         count(Verdict::NoBackend);
         // Without this the kernel reports EPERM; with it, ECONNREFUSED.

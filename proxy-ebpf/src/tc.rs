@@ -1,15 +1,21 @@
-//! The tc ingress datapath: carries out the shared decision with the skb
-//! helpers: rewrites with checksum updates, refusals, FIB redirects.
+//! The tc datapath: carries out the shared decision with the skb helpers:
+//! rewrites with checksum updates, refusals, FIB redirects.
+//!
+//! A packet that is not ours to finish goes on with `TC_ACT_UNSPEC` (tcx's
+//! "next"): whatever else is attached to the device after us, a CNI's
+//! program or a legacy tc filter, still sees it. `TC_ACT_OK` would end the
+//! device's chain there.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
 use aya_log_ebpf::error;
-use proxy_common::Verdict;
+use proxy_common::{CtDirection, Verdict};
 
 use crate::{
-    decide::{decide, Decision, Rewrite},
+    conntrack::{ct4_lookup_reply, ct_key},
+    decide::{decide, reverse, Decision, Rewrite},
     fib::fib_redirect,
     lb::Role,
     maps::count,
@@ -22,15 +28,35 @@ use crate::{
 pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
     let (verdict, action) = match parse(ctx) {
         Ok(Parsed::Flow(flow)) => match decide(ctx, &flow, role) {
-            Decision::Pass(verdict) => (verdict, TC_ACT_OK),
+            Decision::Pass(verdict) => (verdict, TC_ACT_UNSPEC),
             Decision::Drop(verdict) => (verdict, TC_ACT_SHOT),
             Decision::Refuse => (Verdict::NoBackend, reject(ctx, &flow)),
             Decision::Rewrite(rw) => apply(ctx, &flow, &rw),
         },
-        Ok(Parsed::Other) => (Verdict::NotService, TC_ACT_OK),
+        Ok(Parsed::Other) => (Verdict::NotService, TC_ACT_UNSPEC),
         // Malformed: not ours to judge; the stack drops it if it must.
-        Err(()) => (Verdict::Error, TC_ACT_OK),
+        Err(()) => (Verdict::Error, TC_ACT_UNSPEC),
     };
+    count(verdict);
+    action
+}
+
+/// A packet leaving the node into a pod: restored if it is the reply of a
+/// translated flow, which the ingress hooks would have restored already
+/// unless NAT applied after ours hid its tuple from them. It is on its way
+/// out of the right device, so nothing is redirected. Everything else is
+/// left alone and not counted: this hook sees all of a pod's traffic.
+#[inline(always)]
+pub fn pod_egress(ctx: &TcContext) -> i32 {
+    let Ok(Parsed::Flow(flow)) = parse(ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(entry) = ct4_lookup_reply(&ct_key(&flow, CtDirection::Reply), flow.is_tcp_close()) else {
+        return TC_ACT_UNSPEC;
+    };
+    let mut rw = reverse(&entry);
+    rw.redirect = false;
+    let (verdict, action) = apply(ctx, &flow, &rw);
     count(verdict);
     action
 }
@@ -51,5 +77,5 @@ fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> (Verdict, i32) {
     if rw.redirect {
         return (rw.verdict, fib_redirect(ctx, flow, rw.saddr(flow), rw.daddr(flow)));
     }
-    (rw.verdict, TC_ACT_OK)
+    (rw.verdict, TC_ACT_UNSPEC)
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::cmd::{in_ns, ip, ns_command, run, sysctl};
+use crate::daemonset;
+use crate::node::{self, CGROUP_MOUNT};
 use crate::traffic::{self, Reply};
 
 /// Every lab namespace and run directory starts with this, followed by the
@@ -17,8 +19,11 @@ use crate::traffic::{self, Reply};
 /// recognised and removed.
 pub const PREFIX: &str = "kpl";
 pub const BACKEND_PORT: u16 = 8080;
-/// The lab's Service range: every ClusterIP in its manifests is inside it.
+/// The lab's Service range: every ClusterIP in its manifests is inside it
+/// (kind's default, which the DaemonSet's config names).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The pods of every node: 10.244.<node>.0/24 each.
+pub const POD_NETWORK: &str = "10.244.0.0/16";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -59,7 +64,19 @@ pub struct Node {
     pub underlay_ip: Ipv4Addr,
     /// This node's pod /24: 10.244.<index>.0.
     pub pod_net: u8,
-    pub bpffs: PathBuf,
+    /// Stands for the node's root filesystem where the DaemonSet's hostPath
+    /// volumes point: `/sys/fs/bpf` is `host_root/sys/fs/bpf`, and so on.
+    pub host_root: PathBuf,
+    /// The node's root cgroup (a kind node's is a cgroup of the machine's,
+    /// seen by the node's processes through their cgroup namespace).
+    pub cgroup: PathBuf,
+}
+
+impl Node {
+    /// Where the DaemonSet's bpffs volume is on this node, pins below it.
+    pub fn bpffs(&self) -> PathBuf {
+        self.host_root.join("sys/fs/bpf")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -68,8 +85,11 @@ pub struct Pod {
     pub ns: String,
     pub ip: Ipv4Addr,
     pub node: usize,
-    /// The host side of its veth, in the node namespace.
+    /// The host side of its veth, in the node namespace, named as kindnet
+    /// names it (`veth` and 8 random hex digits).
     pub host_if: String,
+    /// The cgroup its processes run in (kubepods-style, below the node's).
+    pub cgroup: PathBuf,
 }
 
 /// The default lab: two nodes, each with a client pod; one backend pod on
@@ -132,19 +152,26 @@ impl Lab {
         ip(&sw, &["link", "set", "br0", "up"])?;
 
         let node_count = pods.iter().map(|(_, n)| n + 1).max().unwrap_or(1).max(2);
+        let cgroups = node::mount_cgroup2(&self.dir)?;
         for i in 0..node_count {
             let name = format!("node-{}", i + 1);
             let node = Node {
                 ns: format!("{}-{name}", self.id),
                 underlay_ip: underlay(11 + i as u8),
                 pod_net: (i + 1) as u8,
-                bpffs: self.dir.join(&name).join("bpffs"),
+                host_root: self.dir.join(&name).join("host"),
+                cgroup: cgroups.join(format!("{}-{name}", self.id)),
                 name,
             };
             self.attach_to_underlay(&node.ns, &node.name, node.underlay_ip)?;
             sysctl(&node.ns, "net.ipv4.ip_forward", "1")?;
             // The node answers ARP for its pods' gateway address.
             ip(&node.ns, &["addr", "add", &format!("10.244.{}.1/32", node.pod_net), "dev", "lo"])?;
+            node::kindnet_masquerade(&node.ns, POD_NETWORK)?;
+            std::fs::create_dir_all(&node.cgroup)?;
+            // The node's processes see its root cgroup as theirs: the
+            // host's /proc/1/ns/cgroup, to a DaemonSet's hostPath of /proc.
+            node::make_cgroup_namespace(&node.cgroup, &node.host_root.join("proc/1/ns/cgroup"))?;
             self.nodes.push(node);
         }
         // Each node routes the other nodes' pod networks over the underlay.
@@ -177,13 +204,16 @@ impl Lab {
         Ok(())
     }
 
-    fn add_pod(&mut self, name: &str, node: usize) -> anyhow::Result<()> {
+    /// Wires a pod to `node` the way kindnet's CNI does (a ptp veth with a
+    /// random `veth<hex>` host side, a /32 route to it), also after the
+    /// agents started, as a pod scheduled later is.
+    pub fn add_pod(&mut self, name: &str, node: usize) -> anyhow::Result<()> {
         let node_ref = self.nodes[node].clone();
         let index = self.pods.iter().filter(|p| p.node == node).count() as u8;
         let pod_ip = Ipv4Addr::new(10, 244, node_ref.pod_net, 10 + index);
         let gateway = format!("10.244.{}.1", node_ref.pod_net);
         let ns = format!("{}-{name}", self.id);
-        let host_if = format!("lxc-{}", name.chars().take(11).collect::<String>());
+        let host_if = node::kindnet_veth_name();
         add_ns(&ns)?;
         ip(&ns, &["link", "add", "name", "eth0", "type", "veth", "peer", "name", &host_if, "netns", &node_ref.ns])?;
         ip(&ns, &["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"])?;
@@ -194,23 +224,28 @@ impl Lab {
         ip(&node_ref.ns, &["route", "add", &format!("{pod_ip}/32"), "dev", &host_if])?;
         no_checksum_offload(&ns, "eth0")?;
         no_checksum_offload(&node_ref.ns, &host_if)?;
+        let cgroup = node::pod_cgroup(&node_ref.cgroup);
+        std::fs::create_dir_all(&cgroup)?;
         self.pods.push(Pod {
             name: name.to_string(),
             ns,
             ip: pod_ip,
             node,
             host_if,
+            cgroup,
         });
         Ok(())
     }
 
-    pub fn pod(&self, name: &str) -> &Pod {
-        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name} in the lab"))
+    /// The cgroup processes started in namespace `ns` run in: a pod's own;
+    /// none for nodes and the lab's other hosts, whose processes stay
+    /// where the test runs (outside every node's cgroup tree).
+    fn cgroup_of(&self, ns: &str) -> Option<&Path> {
+        self.pods.iter().find(|p| p.ns == ns).map(|p| p.cgroup.as_path())
     }
 
-    /// The host-side veths of the pods on `node`.
-    pub fn pod_devices(&self, node: usize) -> Vec<String> {
-        self.pods.iter().filter(|p| p.node == node).map(|p| p.host_if.clone()).collect()
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name} in the lab"))
     }
 
     /// The node's address on the underlay, where its NodePorts listen.
@@ -239,9 +274,34 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts `lab-backend` answering as `name` in a namespace that is not a
+    /// pod's (the control plane's, standing for an endpoint outside the pod
+    /// network, as the API server is behind `default/kubernetes`).
+    pub fn start_backend_in(&self, ns: &str, name: &str) -> anyhow::Result<()> {
+        let backend = self.binaries.backend.to_string_lossy().into_owned();
+        self.spawn_in(ns, &[&backend, name, &BACKEND_PORT.to_string()], &format!("backend-{name}"))?;
+        wait_until(Duration::from_secs(5), || {
+            in_ns(ns, &["ss", "-Hltn", &format!("sport = :{BACKEND_PORT}")])
+                .map(|out| !out.trim().is_empty())
+                .unwrap_or(false)
+        })
+        .with_context(|| format!("backend {name} did not start listening"))
+    }
+
+    /// Deletes a pod: its processes, its network namespace (and with it the
+    /// veth pair, as the CNI's DEL does) and its cgroup.
+    pub fn remove_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.pods.iter().position(|p| p.name == name).with_context(|| format!("no pod {name}"))?;
+        let pod = self.pods.remove(index);
+        node::remove_cgroup_tree(&pod.cgroup);
+        run("ip", &["netns", "del", &pod.ns])?;
+        Ok(())
+    }
+
     fn spawn_in(&self, ns: &str, argv: &[&str], label: &str) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{label}.log")))?;
-        let child = ns_command(ns, argv[0])
+        let mut cmd = self.command_in(ns, argv[0])?;
+        let child = cmd
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -259,39 +319,67 @@ impl Lab {
 
     /// Starts the agent of `node` on the lab's API server (see `start_apiserver`).
     pub fn start_agent_on_api(&self, node: usize) -> anyhow::Result<Agent> {
-        let kubeconfig = self.kubeconfig().to_string_lossy().into_owned();
-        let name = self.nodes[node].name.clone();
-        self.spawn_agent(node, &["--kubeconfig", &kubeconfig, "--hostname-override", &name])
+        self.spawn_agent(node, AgentSource::Api, &[], &[])
     }
 
-    /// The agent runs in the node's network namespace but the host's mount
-    /// namespace, like a hostNetwork DaemonSet pod with bpffs mounted from
-    /// the host, so its pins outlive it.
-    fn spawn_agent(&self, node: usize, source: &[&str]) -> anyhow::Result<Agent> {
+    /// Like `start_agent_on_api`, with keys of the DaemonSet's ConfigMap
+    /// set otherwise, as a kustomize patch of it would.
+    pub fn start_agent_on_api_with_config(&self, node: usize, config: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        self.spawn_agent(node, AgentSource::Api, &[], config)
+    }
+
+    /// Starts the agent of `node` as the DaemonSet of `manifests/` starts it
+    /// (see `daemonset`): its init container's command first, with full
+    /// privileges, then the agent container's command, arguments and
+    /// environment with `$(VAR)` expanded from the ConfigMap, run with the
+    /// container's capabilities only, in the node's network namespace and a
+    /// pod cgroup of the node. Swapped for the lab's: the binary, the API
+    /// server (the lab's kubeconfig, or a manifest directory), the node's
+    /// name, and the host paths behind the volumes. `extra` flags are added,
+    /// replacing the DaemonSet's of the same name.
+    fn spawn_agent(&self, node: usize, source: AgentSource, extra: &[&str], config: &[(&str, &str)]) -> anyhow::Result<Agent> {
         let n = &self.nodes[node];
+        let ds = daemonset::rendered()?;
+        self.prepare_node(node, ds)?;
+        let container = ds.container("agent")?;
+        let mut env = container.environment_with(&n.name, config)?;
+        env.remove("KUBERNETES_SERVICE_HOST");
+        env.remove("KUBERNETES_SERVICE_PORT");
+        let mut argv = daemonset::swap_host_paths(&container.expanded_argv(&env), &container.mounts, &n.host_root)?;
+        argv[0] = self.binaries.agent.to_string_lossy().into_owned();
+        let mut flags: Vec<String> = Vec::new();
+        match source {
+            AgentSource::Api => {
+                env.insert("KUBECONFIG".into(), self.kubeconfig().to_string_lossy().into_owned());
+            }
+            AgentSource::Manifests => {
+                // Without a Node object, the node's address comes from a flag.
+                flags.extend(["--manifests".into(), self.manifests.to_string_lossy().into_owned()]);
+                flags.extend(["--node-ip".into(), self.node_ip(node).to_string()]);
+            }
+        }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let argv = with_flags(&with_flags(&argv, &flags), &extra);
+
         let log_path = self.dir.join(format!("agent-{}.log", n.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let log_start = log.metadata()?.len() as usize;
+        let caps: Vec<String> = container.caps_add.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", n.ns))
             .arg("--")
-            .arg(&self.binaries.agent)
-            .arg("--bpffs")
-            .arg(&n.bpffs)
-            .arg("run")
-            .args(source);
-        cmd.arg("--device").arg("eth0").arg("--service-cidr").arg(SERVICE_CIDR);
-        for device in self.pod_devices(node) {
-            cmd.arg("--pod-device").arg(device);
-        }
-        cmd.arg("--cgroup").arg(self.node_cgroup(node)?);
-        let child = cmd
-            .env("RUST_LOG", "info")
+            .arg("setpriv")
+            .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+            .arg("--no-new-privs")
+            .arg("--")
+            .args(&argv)
+            .env_clear()
+            .envs(&env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting proxy-agent")?;
+            .stderr(log);
+        node::start_in_cgroup(&mut cmd, &node::agent_cgroup(&n.cgroup))?;
+        let child = cmd.spawn().context("starting proxy-agent")?;
         Ok(Agent {
             node,
             log: log_path,
@@ -300,13 +388,44 @@ impl Lab {
         })
     }
 
+    /// The DaemonSet's init container on `node`, as root with every
+    /// privilege: it mounts bpffs and the node's cgroup2. Then the lab
+    /// checks that the cgroup the agent will attach to is the node's root
+    /// and nothing above it.
+    fn prepare_node(&self, node: usize, ds: &daemonset::DaemonSet) -> anyhow::Result<()> {
+        let n = &self.nodes[node];
+        for init in &ds.init_containers {
+            let env = init.environment(&n.name)?;
+            let mut argv = daemonset::swap_host_paths(&init.expanded_argv(&env), &init.mounts, &n.host_root)?;
+            argv[0] = self.binaries.agent.to_string_lossy().into_owned();
+            let mut full = vec![format!("--net=/run/netns/{}", n.ns), "--".to_string()];
+            full.extend(argv);
+            let full: Vec<&str> = full.iter().map(String::as_str).collect();
+            run("nsenter", &full).with_context(|| format!("init container {} on {}", init.name, n.name))?;
+        }
+        let agent = ds.container("agent")?;
+        let argv = daemonset::swap_host_paths(&agent.argv, &agent.mounts, &n.host_root)?;
+        let root = argv
+            .iter()
+            .find_map(|a| a.strip_prefix("--cgroup-root="))
+            .context("the DaemonSet passes no --cgroup-root")?;
+        if !node::is_mount_of(Path::new(root), &n.cgroup) {
+            let _ = run("umount", &[root]);
+            bail!("{root} is not a cgroup2 mount of {}'s root cgroup; refusing to let an agent attach there", n.name);
+        }
+        Ok(())
+    }
+
     /// Runs the agent binary's inspection or cleanup command for `node`.
+    /// Runs in the node's network namespace (`list attachments` names the
+    /// node's devices), as `kubectl exec` into the agent's pod would.
     pub fn agent_command(&self, node: usize, args: &[&str]) -> anyhow::Result<String> {
         let agent = self.binaries.agent.to_string_lossy().into_owned();
-        let bpffs = self.nodes[node].bpffs.to_string_lossy().into_owned();
-        let mut argv = vec![agent.as_str(), "--bpffs", bpffs.as_str()];
+        let bpffs = self.nodes[node].bpffs().to_string_lossy().into_owned();
+        let net = format!("--net=/run/netns/{}", self.nodes[node].ns);
+        let mut argv = vec![net.as_str(), "--", agent.as_str(), "--bpffs", bpffs.as_str()];
         argv.extend_from_slice(args);
-        run(argv[0], &argv[1..])
+        run("nsenter", &argv)
     }
 
     pub fn write_manifest(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
@@ -317,11 +436,20 @@ impl Lab {
         Ok(())
     }
 
-    /// Sends `count` requests from a namespace; each has `timeout_ms`.
+    /// Sends `count` requests from a namespace (a pod's: from its cgroup);
+    /// each has `timeout_ms`.
     pub fn requests(&self, from_ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32) -> anyhow::Result<Vec<Reply>> {
-        let client = self.binaries.client.to_string_lossy().into_owned();
-        let out = in_ns(from_ns, &[&client, proto, target, &count.to_string(), &timeout_ms.to_string()])?;
-        Ok(traffic::parse(&out))
+        self.requests_in_background(from_ns, proto, target, count, timeout_ms, 0)?.wait()
+    }
+
+    /// A command that runs `program` in namespace `ns`, and in the cgroup of
+    /// the pod that namespace belongs to, as a container's process runs.
+    pub fn command_in(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let mut cmd = ns_command(ns, program);
+        if let Some(cgroup) = self.cgroup_of(ns) {
+            node::start_in_cgroup(&mut cmd, cgroup)?;
+        }
+        Ok(cmd)
     }
 
     /// Like `requests`, but in the background, one every `interval_ms`;
@@ -336,20 +464,20 @@ impl Lab {
         interval_ms: u32,
     ) -> anyhow::Result<BackgroundRequests> {
         let child = self
-            .client_command(from_ns, proto, target, count, timeout_ms, interval_ms)
+            .client_command(from_ns, proto, target, count, timeout_ms, interval_ms)?
             .spawn()
             .context("starting lab-client")?;
         Ok(BackgroundRequests { child })
     }
 
     /// lab-client in `ns`, its output piped for `BackgroundRequests`.
-    fn client_command(&self, ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32, interval_ms: u32) -> Command {
-        let mut cmd = ns_command(ns, &self.binaries.client);
+    fn client_command(&self, ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32, interval_ms: u32) -> anyhow::Result<Command> {
+        let mut cmd = self.command_in(ns, &self.binaries.client)?;
         cmd.args([proto, target, &count.to_string(), &timeout_ms.to_string(), &interval_ms.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        cmd
+        Ok(cmd)
     }
 
     pub fn logs(&self) -> String {
@@ -375,16 +503,9 @@ impl Lab {
     }
 
     /// Starts the agent of `node` on the lab's manifest directory with more
-    /// `run` flags (such as `--node-ip`).
+    /// `run` flags (replacing the DaemonSet's of the same name).
     pub fn start_agent_with(&self, node: usize, extra: &[&str]) -> anyhow::Result<Agent> {
-        let manifests = self.manifests.to_string_lossy().into_owned();
-        // Without a Node object, the agent learns its name and address from
-        // flags.
-        let node_ip = self.node_ip(node).to_string();
-        let name = self.nodes[node].name.clone();
-        let mut args = vec!["--manifests", &manifests, "--node-ip", &node_ip, "--hostname-override", &name];
-        args.extend_from_slice(extra);
-        self.spawn_agent(node, &args)
+        self.spawn_agent(node, AgentSource::Manifests, extra, &[])
     }
 
     /// Lets XDP programs on the nodes transmit: a veth accepts frames
@@ -410,27 +531,9 @@ impl Lab {
         ip(ns, &["route", "add", dest, "via", &self.node_ip(node).to_string()]).map(drop)
     }
 
-    /// The cgroup v2 directory of `node`'s host-network processes, where its
-    /// agent attaches the socket hooks; made on first use. It sits in a
-    /// cgroup2 mount private to the lab (same hierarchy as the machine's,
-    /// wherever that is mounted), named after the lab so it is never the
-    /// machine's root cgroup or anyone else's, and removed at tear-down.
-    pub fn node_cgroup(&self, node: usize) -> anyhow::Result<PathBuf> {
-        let mount = self.dir.join(CGROUP_MOUNT);
-        if !mount.join("cgroup.procs").exists() {
-            std::fs::create_dir_all(&mount)?;
-            run("mount", &["-t", "cgroup2", "none", &mount.to_string_lossy()])?;
-        }
-        let dir = mount.join(format!("{}-{}", self.id, self.nodes[node].name));
-        if !dir.exists() {
-            std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-        }
-        Ok(dir)
-    }
-
     /// Like `requests`, from a host-network process of `node`: lab-client in
-    /// the node's namespace, moved into the node's cgroup before it starts,
-    /// so the socket hooks see its every call.
+    /// the node's namespace and in a cgroup of the node's own services, as
+    /// the kubelet or any other host process runs.
     pub fn host_requests(&self, node: usize, proto: &str, target: &str, count: u32, timeout_ms: u32) -> anyhow::Result<Vec<Reply>> {
         self.host_requests_in_background(node, proto, target, count, timeout_ms, 0)?.wait()
     }
@@ -445,50 +548,51 @@ impl Lab {
         timeout_ms: u32,
         interval_ms: u32,
     ) -> anyhow::Result<BackgroundRequests> {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::process::CommandExt;
-        let procs = std::ffi::CString::new(self.node_cgroup(node)?.join("cgroup.procs").as_os_str().as_bytes())?;
-        let mut cmd = self.client_command(&self.nodes[node].ns, proto, target, count, timeout_ms, interval_ms);
-        // SAFETY: join_cgroup only makes async-signal-safe calls.
-        unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
+        let mut cmd = self.client_command(&self.nodes[node].ns, proto, target, count, timeout_ms, interval_ms)?;
+        node::start_in_cgroup(&mut cmd, &node::host_cgroup(&self.nodes[node].cgroup))?;
         let child = cmd.spawn().context("starting lab-client")?;
         Ok(BackgroundRequests { child })
     }
 }
 
-/// Where the lab mounts cgroup2, inside its run directory.
-const CGROUP_MOUNT: &str = "cgroup2";
-
-/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`
-/// (writing "0" means "me"). Runs between fork and exec: no allocation.
-fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-        let error = std::io::Error::last_os_error();
-        libc::close(fd);
-        if written != 1 {
-            return Err(error);
-        }
-    }
-    Ok(())
+/// Where an agent reads Services from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgentSource {
+    /// The lab's API server (kube-rs watches over HTTP).
+    Api,
+    /// The lab's manifest directory (`--manifests`), with `--node-ip`.
+    Manifests,
 }
 
-/// Removes the lab's cgroups (their processes killed first: a cgroup with
-/// members cannot be removed), before its cgroup2 mount is unmounted.
+/// `base` with `extra` flags added; a flag of `base` that `extra` also
+/// names (`--flag=value`, or `--flag` and its value) is dropped, as a
+/// patch of the DaemonSet's arguments would replace it.
+pub fn with_flags(base: &[String], extra: &[String]) -> Vec<String> {
+    let name = |arg: &str| arg.split_once('=').map_or(arg, |(n, _)| n).to_string();
+    let named: Vec<String> = extra.iter().filter(|a| a.starts_with("--")).map(|a| name(a)).collect();
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in base {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if arg.starts_with("--") && named.contains(&name(arg)) {
+            skip_value = !arg.contains('=');
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    out.extend(extra.iter().cloned());
+    out
+}
+
+/// Removes the lab's cgroups (their processes killed first), before its
+/// cgroup2 mount is unmounted.
 fn remove_lab_cgroups(id: &str) {
     let Ok(entries) = std::fs::read_dir(Path::new("/run").join(id).join(CGROUP_MOUNT)) else { return };
     for dir in entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(id))) {
-        let _ = wait_until(Duration::from_secs(2), || {
-            let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::fs::remove_dir(&dir).is_ok() || !dir.exists()
-        });
+        node::remove_cgroup_tree(&dir);
     }
 }
 

@@ -13,10 +13,13 @@ pub enum Reply {
         /// The address the reply came from, as the client saw it.
         from: SocketAddr,
         micros: u64,
+        /// When the request started, Unix time in milliseconds.
+        at_ms: u64,
     },
     Err {
         reason: String,
         micros: u64,
+        at_ms: u64,
     },
 }
 
@@ -33,6 +36,13 @@ impl Reply {
         match self {
             Reply::Ok { backend, .. } => Some(backend),
             Reply::Err { .. } => None,
+        }
+    }
+
+    /// When the request started, Unix time in milliseconds.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Reply::Ok { at_ms, .. } | Reply::Err { at_ms, .. } => *at_ms,
         }
     }
 
@@ -61,15 +71,17 @@ pub fn parse(output: &str) -> Vec<Reply> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                ["ok", backend, seen, from, micros] => Some(Reply::Ok {
+                ["ok", backend, seen, from, micros, at_ms] => Some(Reply::Ok {
                     backend: backend.to_string(),
                     seen_source: seen.parse().ok()?,
                     from: from.parse().ok()?,
                     micros: micros.parse().ok()?,
+                    at_ms: at_ms.parse().ok()?,
                 }),
-                ["err", reason, micros] => Some(Reply::Err {
+                ["err", reason, micros, at_ms] => Some(Reply::Err {
                     reason: reason.to_string(),
                     micros: micros.parse().ok()?,
+                    at_ms: at_ms.parse().ok()?,
                 }),
                 _ => None,
             }
@@ -102,6 +114,7 @@ impl Summary {
                     seen_source,
                     from,
                     micros,
+                    ..
                 } => {
                     *s.by_backend.entry(backend.clone()).or_default() += 1;
                     *s.sources_seen.entry(seen_source.ip().to_string()).or_default() += 1;
@@ -133,7 +146,7 @@ mod tests {
 
     #[test]
     fn parses_both_kinds_of_line_and_ignores_noise() {
-        let out = "ok web-1 10.244.1.10:40000 10.96.0.10:80 512\nerr timed_out 1000000\ngarbage\n";
+        let out = "ok web-1 10.244.1.10:40000 10.96.0.10:80 512 1700000000000\nerr timed_out 1000000 1700000000001\ngarbage\n";
         let replies = parse(out);
         assert_eq!(replies.len(), 2);
         let s = Summary::of(&replies);
@@ -143,5 +156,6 @@ mod tests {
         assert_eq!(s.sources_seen["10.244.1.10"], 1);
         assert_eq!(s.replies_from["10.96.0.10:80"], 1);
         assert_eq!(s.percentile(50.0), Some(512));
+        assert_eq!(replies[1].at_ms(), 1_700_000_000_001);
     }
 }

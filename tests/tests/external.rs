@@ -54,8 +54,12 @@ fn web(lab: &Lab, name: &str, cluster_ip: &str) -> ServiceSpec {
 /// Sends `count` requests per protocol and checks the three things a user
 /// sees: who answered, the source the backend saw, the source of the reply.
 fn check(lab: &Lab, from_ns: &str, target: &str, answered: &[&str], backend_saw: &str) -> Vec<Summary> {
+    check_protos(lab, from_ns, target, &["tcp", "udp"], answered, backend_saw)
+}
+
+fn check_protos(lab: &Lab, from_ns: &str, target: &str, protos: &[&str], answered: &[&str], backend_saw: &str) -> Vec<Summary> {
     let mut out = Vec::new();
-    for proto in ["tcp", "udp"] {
+    for &proto in protos {
         let replies = lab.requests(from_ns, proto, target, 30, TIMEOUT_MS).unwrap();
         let s = Summary::of(&replies);
         println!("{proto} {target}: {s:?}");
@@ -208,10 +212,37 @@ fn a_pod_reaches_itself_through_its_service() {
         vec![spec]
     });
     let web1 = lab.pod("web-1");
-    // Masqueraded as the frontend: the pod would drop a packet from itself.
-    check(&lab, &web1.ns, "10.96.1.40:80", &["web-1"], "10.96.1.40");
+    let own = web1.ip.to_string();
     let node1 = lab.node_ip(0).to_string();
-    check(&lab, &web1.ns, &format!("{node1}:30084"), &["web-1"], &node1);
+    // TCP and UDP sendto: the socket hooks connect the pod straight to
+    // itself, and no packet leaves it; it sees its own address, as with
+    // Cilium's socket LB.
+    check_protos(&lab, &web1.ns, "10.96.1.40:80", &["tcp", "udp"], &["web-1"], &own);
+    check_protos(&lab, &web1.ns, &format!("{node1}:30084"), &["tcp", "udp"], &["web-1"], &own);
+    // A connected UDP socket goes per packet: masqueraded as the frontend,
+    // since the pod would drop a packet from itself.
+    check_protos(&lab, &web1.ns, "10.96.1.40:80", &["udp-connected"], &["web-1"], "10.96.1.40");
+    check_protos(&lab, &web1.ns, &format!("{node1}:30084"), &["udp-connected"], &["web-1"], &node1);
+}
+
+/// Host-namespace-only mode: pods are served per packet, so every hairpin
+/// flow is masqueraded as the frontend (kube-proxy's behaviour).
+#[test]
+fn hairpin_in_host_namespace_only_mode_is_masqueraded_as_the_frontend() {
+    if !require_root("hairpin_in_host_namespace_only_mode_is_masqueraded_as_the_frontend") {
+        return;
+    }
+    let services = |lab: &Lab| {
+        let mut spec = ServiceSpec::new("self", "10.96.1.40", 80).endpoint(lab.pod("web-1").ip, "node-1");
+        spec.node_port = Some(30084);
+        vec![spec]
+    };
+    let (lab, _agents) = lab_with_flags(services, &["--socket-lb-host-namespace-only=true"]);
+    let web1 = lab.pod("web-1");
+    let node1 = lab.node_ip(0).to_string();
+    let all = ["tcp", "udp", "udp-connected"];
+    check_protos(&lab, &web1.ns, "10.96.1.40:80", &all, &["web-1"], "10.96.1.40");
+    check_protos(&lab, &web1.ns, &format!("{node1}:30084"), &all, &["web-1"], &node1);
 }
 
 #[test]

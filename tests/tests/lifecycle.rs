@@ -148,7 +148,7 @@ fn dataplane_outlives_the_agent_and_a_restart_adopts_it() {
     let agent = lab.start_agent(0).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let log = agent.own_log();
-    assert!(log.contains("replaced program on existing tc ingress link"), "{log}");
+    assert!(log.contains("replaced program on existing tc link"), "{log}");
     assert!(log.contains("adopted pinned datapath state services=2 backends=6"), "{log}");
     assert!(log.contains("ops=0"), "restarted agent rewrote maps:\n{log}");
     assert_eq!(lab.agent_command(0, &["list", "services"]).unwrap(), before);
@@ -177,7 +177,7 @@ fn cleanup_removes_programs_and_maps() {
     agent.stop().unwrap();
 
     lab.agent_command(0, &["cleanup"]).unwrap();
-    let pins = lab.nodes[0].bpffs.join("ebpf-proxy");
+    let pins = lab.nodes[0].bpffs().join("ebpf-proxy");
     assert!(!pins.exists(), "{} still exists", pins.display());
     // Nothing translates any more: the ClusterIP is just an unrouted address.
     let s = send(&lab, "udp", 5);
@@ -200,7 +200,7 @@ fn an_upgrade_replaces_pinned_maps_of_an_older_layout() {
     agent.stop().unwrap();
 
     // What an older build left: a conntrack map with 32-byte values.
-    let pin = lab.nodes[0].bpffs.join("ebpf-proxy/maps/CONNTRACK");
+    let pin = lab.nodes[0].bpffs().join("ebpf-proxy/maps/CONNTRACK");
     std::fs::remove_file(&pin).unwrap();
     let pin_text = pin.to_string_lossy().into_owned();
     let made = std::process::Command::new("bpftool")

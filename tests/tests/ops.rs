@@ -46,6 +46,10 @@ spec:
   - {port: 80, protocol: TCP, targetPort: 8080}
 "#;
 
+/// Socket-level load balancing for host processes only: pods' flows go per
+/// packet through the tc programs and conntrack.
+const HOST_ONLY: &str = "--socket-lb-host-namespace-only=true";
+
 #[test]
 fn metrics_and_probes_match_the_traffic_sent() {
     if !require_root("metrics_and_probes_match_the_traffic_sent") {
@@ -56,7 +60,8 @@ fn metrics_and_probes_match_the_traffic_sent() {
     let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
     lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
     lab.write_manifest("broken.yaml", BAD_SERVICE).unwrap();
-    let agent = lab.start_agent(0).unwrap();
+    // Pods served per packet, so every connection is tracked.
+    let agent = lab.start_agent_with(0, &[HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let node = lab.nodes[0].ns.clone();
 
@@ -140,7 +145,8 @@ fn conntrack_of_closed_connections_is_collected_and_live_flows_are_kept() {
     lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
     let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
     lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
-    let agent = lab.start_agent_with(0, &["--conntrack-gc-interval", "1"]).unwrap();
+    // Pods served per packet, so their connections are tracked.
+    let agent = lab.start_agent_with(0, &["--conntrack-gc-interval", "1", HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let client = lab.pod("client-a").ns.clone();
     // A live flow: one connection, a request every 200 ms for 20 s.
@@ -306,59 +312,49 @@ fn health_check_node_port_reports_local_endpoints() {
     assert!(closed.is_ok(), "health check port still answers: {:?}", probe(&lab, 0));
 }
 
-/// The capabilities manifests/daemonset.yaml gives the agent container.
-const DAEMONSET_CAPS: &str = "-all,+bpf,+perfmon,+net_admin";
 /// CapEff of exactly CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39).
 const DAEMONSET_CAP_EFF: &str = "000000c000001000";
 
-/// The agent as the DaemonSet runs it: bpffs mounted beforehand (by the init
-/// container, here by `mount-bpffs` with full privileges), then the agent
-/// with every capability but CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN dropped
-/// from its bounding set, as a container runtime does. It loads, attaches,
-/// syncs and translates; and without CAP_SYS_ADMIN it could not have mounted
-/// bpffs itself, which is why the init container exists. (Dropping any one
-/// of the three makes loading fail: map creation without CAP_BPF, the tc
-/// program without CAP_NET_ADMIN, the verifier without CAP_PERFMON.)
+/// The lab runs every agent as the DaemonSet does: the init container's
+/// command with full privileges (it mounts bpffs and the node's cgroup2),
+/// then the agent with every capability but those the container adds
+/// (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) dropped from its bounding set, as a
+/// container runtime does. It loads, attaches, syncs and translates; and
+/// without CAP_SYS_ADMIN it could not have done the init container's work,
+/// which is why that exists. (Dropping any one of the three makes loading
+/// fail: map creation without CAP_BPF, the tc program without
+/// CAP_NET_ADMIN, the verifier without CAP_PERFMON.)
 #[test]
 fn agent_needs_only_the_daemonsets_capabilities() {
     if !require_root("agent_needs_only_the_daemonsets_capabilities") {
         return;
     }
-    let real = binaries();
-    let dir = std::env::temp_dir().join(format!("ebpf-proxy-caps-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _remove = RemoveOnDrop(dir.clone());
-    let caps_seen = dir.join("capeff");
-    let wrapper = dir.join("proxy-agent");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec setpriv --bounding-set={DAEMONSET_CAPS} -- sh -c 'grep ^CapEff /proc/self/status > {}; exec \"$0\" \"$@\"' {} \"$@\"\n",
-            caps_seen.display(),
-            real.agent.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut limited = real.clone();
-    limited.agent = wrapper.clone();
-
-    let lab = Lab::up(limited).expect("lab up");
-    // Without CAP_SYS_ADMIN, mounting bpffs is refused.
-    let denied = lab.agent_command(1, &["mount-bpffs"]);
-    assert!(denied.is_err(), "mounted bpffs without CAP_SYS_ADMIN: {denied:?}");
-    // The init container's step, with full privileges.
-    let bpffs = lab.nodes[0].bpffs.to_string_lossy().into_owned();
-    proxy_lab::cmd::run(&real.agent.to_string_lossy(), &["--bpffs", &bpffs, "mount-bpffs"]).unwrap();
-
+    let lab = Lab::up(binaries()).expect("lab up");
     lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
     let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
     lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
     let agent = lab.start_agent(0).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
-    let caps = std::fs::read_to_string(&caps_seen).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let caps = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
     assert_eq!(caps.split_whitespace().nth(1), Some(DAEMONSET_CAP_EFF), "agent ran with {caps}");
-    for proto in ["tcp", "udp"] {
+    // The init container's work needs CAP_SYS_ADMIN: with the agent's
+    // capabilities it is refused (on node 2, which no init has prepared).
+    let host = &lab.nodes[1].host_root;
+    let denied = proxy_lab::cmd::run(
+        "setpriv",
+        &[
+            "--bounding-set=-all,+bpf,+perfmon,+net_admin",
+            "--",
+            &binaries().agent.to_string_lossy(),
+            &format!("--bpffs={}", host.join("sys/fs/bpf").display()),
+            "prepare-node",
+            &format!("--cgroup-root={}", host.join("run/ebpf-proxy/cgroupv2").display()),
+            &format!("--host-cgroupns={}", host.join("proc/1/ns/cgroup").display()),
+        ],
+    );
+    assert!(denied.is_err(), "prepared a node without CAP_SYS_ADMIN: {denied:?}");
+    for proto in ["tcp", "udp", "udp-connected"] {
         let s = Summary::of(&lab.requests(&lab.pod("client-a").ns, proto, "10.96.0.10:80", 30, 1000).unwrap());
         assert_eq!(s.failed, 0, "{proto}: {:?}\n{}", s.errors, agent.own_log());
         assert_eq!(common::answered_by(&s), vec!["web-1", "web-2", "web-3"], "{proto}");
@@ -366,11 +362,3 @@ fn agent_needs_only_the_daemonsets_capabilities() {
     assert_eq!(http_get(&lab.nodes[0].ns, "http://127.0.0.1:10256/healthz").unwrap().0, 200);
 }
 
-/// Removes a directory also when the test fails half-way.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}

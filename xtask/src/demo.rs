@@ -91,7 +91,7 @@ pub fn run() -> anyhow::Result<()> {
     for agent in agents {
         agent.stop()?;
     }
-    let pin_dirs: Vec<_> = lab.nodes.iter().map(|n| n.bpffs.clone()).collect();
+    let pin_dirs: Vec<_> = lab.nodes.iter().map(|n| n.bpffs()).collect();
     drop(lab);
 
     let left_ns = lab::lab_namespaces();

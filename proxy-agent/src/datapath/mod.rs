@@ -4,8 +4,11 @@
 mod batch;
 mod bpffs;
 mod cgroup;
+mod devices;
+mod inventory;
 mod layout;
 mod link_detach;
+pub mod links;
 mod maps;
 mod programs;
 mod sock_rev_nat;
@@ -13,11 +16,13 @@ pub mod udp_sockets;
 mod xdp;
 
 pub use bpffs::ensure_bpffs;
-pub use cgroup::attach_cgroup;
+pub use cgroup::{attach_cgroup, prepare_cgroup_root};
+pub use devices::{attach_device, detach_device, forget_device, pinned_devices};
+pub use inventory::{attachments, Attachment};
 pub use maps::PinnedMaps;
-pub use programs::{attach_tc_ingress, cleanup, load, DeviceRole};
+pub use programs::{cleanup, load, DeviceRole};
 pub use sock_rev_nat::SockRevNat;
-pub use xdp::{attach_xdp, detach_xdp};
+pub use xdp::{detach_xdp, load_xdp};
 
 use std::path::{Path, PathBuf};
 
@@ -44,8 +49,13 @@ impl PinLayout {
         self.root.join("links")
     }
 
-    pub fn tc_ingress_link(&self, device: &str) -> PathBuf {
-        self.links().join(format!("tc_ingress_{device}"))
+    /// A tc link on `device`, `direction` "ingress" or "egress".
+    pub fn tc_link(&self, device: &str, direction: &str) -> PathBuf {
+        self.links().join(format!("tc_{direction}_{device}"))
+    }
+
+    pub fn xdp_link(&self, device: &str) -> PathBuf {
+        self.links().join(format!("xdp_{device}"))
     }
 
     /// One link per socket hook and cgroup, named by the cgroup's id (its
@@ -53,4 +63,28 @@ impl PinLayout {
     pub fn cgroup_link(&self, hook: &str, cgroup_id: u64) -> PathBuf {
         self.links().join(format!("cgroup_{hook}_{cgroup_id}"))
     }
+}
+
+/// The kernel's cookie for the agent's own network namespace, the node's
+/// (the DaemonSet runs with host networking): what `bpf_get_netns_cookie`
+/// gives the socket hooks for host sockets.
+pub fn own_netns_cookie() -> std::io::Result<u64> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let socket = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len outlive the call and len is cookie's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

@@ -10,22 +10,56 @@ use super::PinLayout;
 
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
-/// Which side of the node a device faces; each gets its own entry point.
+/// Which side of the node a device faces; each gets its own programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceRole {
-    /// A pod's host-side veth.
+    /// A pod's host-side device.
     Pod,
     /// The node's own network devices.
     External,
 }
 
-impl DeviceRole {
-    const ALL: [DeviceRole; 2] = [DeviceRole::Pod, DeviceRole::External];
+/// One tc program on one direction of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcHook {
+    /// Traffic from a pod: its service traffic, its replies as a backend.
+    PodIngress,
+    /// Traffic into a pod: replies that NAT after ours hid from ingress.
+    PodEgress,
+    /// Traffic from outside the node, and replies from other nodes.
+    ExternalIngress,
+}
 
-    fn program(self) -> &'static str {
+impl TcHook {
+    pub const ALL: [TcHook; 3] = [TcHook::PodIngress, TcHook::PodEgress, TcHook::ExternalIngress];
+
+    pub fn for_role(role: DeviceRole) -> &'static [TcHook] {
+        match role {
+            DeviceRole::Pod => &[TcHook::PodIngress, TcHook::PodEgress],
+            DeviceRole::External => &[TcHook::ExternalIngress],
+        }
+    }
+
+    pub fn program(self) -> &'static str {
         match self {
-            DeviceRole::Pod => "proxy_tc_pod",
-            DeviceRole::External => "proxy_tc_external",
+            TcHook::PodIngress => "proxy_tc_pod",
+            TcHook::PodEgress => "proxy_tc_pod_egress",
+            TcHook::ExternalIngress => "proxy_tc_external",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            TcHook::PodEgress => TcAttachType::Egress,
+            TcHook::PodIngress | TcHook::ExternalIngress => TcAttachType::Ingress,
+        }
+    }
+
+    /// The direction's word in pin names (`tc_ingress_eth0`).
+    pub fn direction(self) -> &'static str {
+        match self.attach_type() {
+            TcAttachType::Egress => "egress",
+            _ => "ingress",
         }
     }
 }
@@ -41,43 +75,46 @@ pub fn load(layout: &PinLayout) -> anyhow::Result<Ebpf> {
         .default_map_pin_directory(layout.maps())
         .load(PROGRAM_OBJECT)
         .context("loading the eBPF object")?;
-    for role in DeviceRole::ALL {
+    for hook in TcHook::ALL {
         let program: &mut SchedClassifier = ebpf
-            .program_mut(role.program())
-            .with_context(|| format!("{} missing from the object", role.program()))?
+            .program_mut(hook.program())
+            .with_context(|| format!("{} missing from the object", hook.program()))?
             .try_into()?;
-        program.load().with_context(|| format!("loading {} (verifier)", role.program()))?;
+        program.load().with_context(|| format!("loading {} (verifier)", hook.program()))?;
     }
     Ok(ebpf)
 }
 
-/// Attaches the tc ingress program for `role` to `device` with a pinned tcx
-/// link. If a previous agent left a link there, its program is replaced in
-/// place (atomically, by the kernel), so no packet ever meets an empty hook.
-pub fn attach_tc_ingress(ebpf: &mut Ebpf, layout: &PinLayout, device: &str, role: DeviceRole) -> anyhow::Result<()> {
+/// Attaches `hook`'s program to `device` with a pinned tcx link, behind
+/// whatever else is attached there (a CNI's programs keep running: ours
+/// hands on what is not its own). If a previous agent left a link there, its
+/// program is replaced in place (atomically, by the kernel), so no packet
+/// ever meets an empty hook.
+pub fn attach_tc(ebpf: &mut Ebpf, layout: &PinLayout, device: &str, hook: TcHook) -> anyhow::Result<()> {
     let program: &mut SchedClassifier = ebpf
-        .program_mut(role.program())
+        .program_mut(hook.program())
         .context("tc program missing")?
         .try_into()?;
-    let pin = layout.tc_ingress_link(device);
+    let pin = layout.tc_link(device, hook.direction());
     if pin.exists() {
         match replace_pinned(program, &pin) {
             Ok(()) => {
-                tracing::info!(device, ?role, "replaced program on existing tc ingress link");
+                tracing::info!(device, ?hook, "replaced program on existing tc link");
                 return Ok(());
             }
             Err(error) => {
-                tracing::warn!(device, %error, "stale tc ingress link; attaching afresh");
+                // Its device was removed and made again under the same name.
+                tracing::info!(device, %error, "stale tc link; attaching afresh");
                 let _ = std::fs::remove_file(&pin);
             }
         }
     }
     let link_id = program
-        .attach_with_options(device, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attaching tc ingress to {device}"))?;
+        .attach_with_options(device, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching tc {} to {device}", hook.direction()))?;
     let link: FdLink = program.take_link(link_id)?.try_into()?;
     link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
-    tracing::info!(device, ?role, "attached tc ingress");
+    tracing::info!(device, ?hook, "attached tc program");
     Ok(())
 }
 

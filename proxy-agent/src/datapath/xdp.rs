@@ -16,32 +16,35 @@ use super::PinLayout;
 const PROGRAM: &str = "proxy_xdp_external";
 const PIN_PREFIX: &str = "xdp_";
 
-/// Attaches the XDP program to each of `devices` (native mode where the
-/// driver has it, as veth does).
-pub fn attach_xdp(ebpf: &mut Ebpf, layout: &PinLayout, devices: &[String]) -> anyhow::Result<()> {
+/// Loads the XDP program (with `--xdp`, once, before any attach).
+pub fn load_xdp(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let program: &mut Xdp = ebpf.program_mut(PROGRAM).context("XDP program missing")?.try_into()?;
-    program.load().context("loading the XDP program (verifier)")?;
-    for device in devices {
-        let pin = layout.links().join(format!("{PIN_PREFIX}{device}"));
-        if pin.exists() {
-            match replace_program_of_pinned_link(&pin, program.fd()?.as_fd()) {
-                Ok(()) => {
-                    tracing::info!(device, "replaced program on existing XDP link");
-                    continue;
-                }
-                Err(error) => {
-                    tracing::warn!(device, %error, "stale XDP link; attaching afresh");
-                    let _ = std::fs::remove_file(&pin);
-                }
+    program.load().context("loading the XDP program (verifier)")
+}
+
+/// Attaches the loaded XDP program to `device` (native mode where the
+/// driver has it, as veth does).
+pub fn attach_xdp(ebpf: &mut Ebpf, layout: &PinLayout, device: &str) -> anyhow::Result<()> {
+    let program: &mut Xdp = ebpf.program_mut(PROGRAM).context("XDP program missing")?.try_into()?;
+    let pin = layout.xdp_link(device);
+    if pin.exists() {
+        match replace_program_of_pinned_link(&pin, program.fd()?.as_fd()) {
+            Ok(()) => {
+                tracing::info!(device, "replaced program on existing XDP link");
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::info!(device, %error, "stale XDP link; attaching afresh");
+                let _ = std::fs::remove_file(&pin);
             }
         }
-        let link_id = program
-            .attach(device, XdpMode::Default)
-            .with_context(|| format!("attaching XDP to {device}"))?;
-        let link: FdLink = program.take_link(link_id)?.try_into()?;
-        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
-        tracing::info!(device, "attached XDP");
     }
+    let link_id = program
+        .attach(device, XdpMode::Default)
+        .with_context(|| format!("attaching XDP to {device}"))?;
+    let link: FdLink = program.take_link(link_id)?.try_into()?;
+    link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+    tracing::info!(device, "attached XDP");
     Ok(())
 }
 

@@ -115,6 +115,24 @@ impl SyncHealth {
     }
 }
 
+/// `/healthz` with the datapath's problems (devices or the cgroup without
+/// their programs) taken in: any makes the node unready, whatever the syncs.
+pub fn with_datapath_problems(verdict: Verdict, problems: &[String]) -> Verdict {
+    if problems.is_empty() {
+        return verdict;
+    }
+    let mut reasons: Vec<&str> = Vec::new();
+    if !verdict.healthy {
+        reasons.push(&verdict.reason);
+    }
+    reasons.extend(problems.iter().map(String::as_str));
+    Verdict {
+        healthy: false,
+        reason: reasons.join("; "),
+        last_updated: verdict.last_updated,
+    }
+}
+
 /// kube-proxy's body (`{"lastUpdated": ..., "currentTime": ...}`) with RFC 3339
 /// times, plus whether healthy and why not.
 pub fn body(verdict: &Verdict, wall_now: SystemTime) -> String {
@@ -187,6 +205,21 @@ mod tests {
         assert!(!live.healthy);
         assert!(live.reason.contains("running for 60 s"), "{}", live.reason);
         assert!(!h.healthz(at(start, 70)).healthy);
+    }
+
+    #[test]
+    fn datapath_problems_make_the_node_unready() {
+        let start = Instant::now();
+        let mut h = SyncHealth::new(start, T);
+        h.sync_succeeded(at(start, 1), SystemTime::now());
+        let synced = h.healthz(at(start, 2));
+        assert_eq!(with_datapath_problems(synced.clone(), &[]), synced);
+        let v = with_datapath_problems(synced, &["device eth0 (--device) does not exist".into()]);
+        assert!(!v.healthy);
+        assert_eq!(v.reason, "device eth0 (--device) does not exist");
+        let never = SyncHealth::new(start, T).healthz(at(start, 1));
+        let v = with_datapath_problems(never, &["a".into(), "b".into()]);
+        assert!(v.reason.starts_with("no successful sync yet") && v.reason.ends_with("; a; b"), "{}", v.reason);
     }
 
     #[test]

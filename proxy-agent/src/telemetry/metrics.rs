@@ -75,6 +75,21 @@ pub struct Metrics {
     pub udp_sockets_aborted: u64,
     /// Conntrack entries of flows that were over, deleted by the collector.
     pub conntrack_gc_deleted: u64,
+    pub attachments: AttachFigures,
+}
+
+/// Where the programs are, as the agent last saw it.
+#[derive(Clone, Debug, Default)]
+pub struct AttachFigures {
+    pub node_devices: u64,
+    pub pod_devices: u64,
+    pub socket_lb: bool,
+    /// Attach attempts that failed (each is retried while its device is
+    /// there).
+    pub failures: u64,
+    /// Reasons the datapath cannot serve what the maps hold (`/healthz`
+    /// says which).
+    pub problems: u64,
 }
 
 impl Default for Metrics {
@@ -95,6 +110,7 @@ impl Default for Metrics {
             map_write_failures: 0,
             udp_sockets_aborted: 0,
             conntrack_gc_deleted: 0,
+            attachments: AttachFigures::default(),
         }
     }
 }
@@ -189,6 +205,16 @@ impl Metrics {
         out.sample("ebpf_proxy_stale_udp_sockets_aborted_total", &[], self.udp_sockets_aborted as f64);
         out.family("ebpf_proxy_conntrack_gc_deleted_total", "counter", "Conntrack entries of flows that were over, deleted by the agent's collector.");
         out.sample("ebpf_proxy_conntrack_gc_deleted_total", &[], self.conntrack_gc_deleted as f64);
+        let a = &self.attachments;
+        out.family("ebpf_proxy_attached_devices", "gauge", "Devices with the agent's programs: the node's own (role node) and pods' (role pod).");
+        out.sample("ebpf_proxy_attached_devices", &[("role", "node")], a.node_devices as f64);
+        out.sample("ebpf_proxy_attached_devices", &[("role", "pod")], a.pod_devices as f64);
+        out.family("ebpf_proxy_socket_lb_attached", "gauge", "1 when the socket hooks are attached to the node's root cgroup.");
+        out.sample("ebpf_proxy_socket_lb_attached", &[], if a.socket_lb { 1.0 } else { 0.0 });
+        out.family("ebpf_proxy_attach_failures_total", "counter", "Attempts to attach programs that failed (retried while the device exists).");
+        out.sample("ebpf_proxy_attach_failures_total", &[], a.failures as f64);
+        out.family("ebpf_proxy_datapath_problems", "gauge", "Places the datapath cannot serve (a device or cgroup without its programs); /healthz says which.");
+        out.sample("ebpf_proxy_datapath_problems", &[], a.problems as f64);
 
         if !datapath.verdicts.is_empty() {
             out.family("ebpf_proxy_datapath_verdicts_total", "counter", "Packets seen by the datapath, by what it did with them.");

@@ -84,6 +84,9 @@ pub struct SyncReport<'a> {
 
 struct Shared {
     health: Mutex<SyncHealth>,
+    /// Why the datapath cannot serve what the maps hold; `/healthz` is
+    /// unready while there is any.
+    datapath_problems: Mutex<Vec<String>>,
     metrics: Mutex<Metrics>,
     /// Opened once the programs are loaded and the maps pinned.
     datapath: OnceLock<Mutex<PinnedMaps>>,
@@ -103,6 +106,7 @@ impl Telemetry {
     pub fn start(flags: &Flags) -> Self {
         let shared = Arc::new(Shared {
             health: Mutex::new(SyncHealth::new(Instant::now(), HEALTH_TIMEOUT)),
+            datapath_problems: Mutex::new(Vec::new()),
             metrics: Mutex::new(Metrics::default()),
             datapath: OnceLock::new(),
             conntrack: Mutex::new(None),
@@ -118,7 +122,7 @@ impl Telemetry {
             servers.push(AbortOnDrop(http::serve("metrics", addr, metrics_only(shared.clone()))));
         }
         let for_lb = shared.clone();
-        let proxy_healthy = Arc::new(move || for_lb.health.lock().unwrap().healthz(Instant::now()).healthy);
+        let proxy_healthy = Arc::new(move || for_lb.healthz().healthy);
         Telemetry {
             shared,
             service_health: ServiceHealthServers::new(proxy_healthy),
@@ -173,6 +177,21 @@ impl Telemetry {
         move |pass| shared.metrics.lock().unwrap().conntrack_gc_deleted += pass.deleted as u64
     }
 
+    /// Where the programs are now and what is missing.
+    pub fn attachments(&self, figures: metrics::AttachFigures, problems: Vec<String>) {
+        let mut m = self.shared.metrics.lock().unwrap();
+        if problems.len() as u64 != m.attachments.problems {
+            for problem in &problems {
+                tracing::warn!(%problem, "datapath cannot serve everything");
+            }
+        }
+        m.attachments = metrics::AttachFigures {
+            problems: problems.len() as u64,
+            ..figures
+        };
+        *self.shared.datapath_problems.lock().unwrap() = problems;
+    }
+
     pub fn udp_sockets_aborted(&self, count: usize) {
         self.shared.metrics.lock().unwrap().udp_sockets_aborted += count as u64;
     }
@@ -195,13 +214,19 @@ impl Drop for AbortOnDrop {
 
 impl Shared {
     fn probe(&self, path: &str) -> Option<Reply> {
-        let health = self.health.lock().unwrap();
         let verdict = match path {
-            "/healthz" => health.healthz(Instant::now()),
-            "/livez" => health.livez(Instant::now()),
+            "/healthz" => self.healthz(),
+            "/livez" => self.health.lock().unwrap().livez(Instant::now()),
             _ => return None,
         };
         Some(Reply::json(verdict.healthy, health::body(&verdict, SystemTime::now())))
+    }
+
+    /// The sync's health, and the datapath's: maps as the API says them are
+    /// no use where no program reads them.
+    fn healthz(&self) -> health::Verdict {
+        let verdict = self.health.lock().unwrap().healthz(Instant::now());
+        health::with_datapath_problems(verdict, &self.datapath_problems.lock().unwrap())
     }
 
     /// Blocking: reads maps.

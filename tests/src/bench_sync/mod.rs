@@ -137,7 +137,7 @@ fn run_size(
     (report.hwm_kib_startup, report.rss_kib_startup) = memory(&agent)?;
     report.syncs_at_startup = agent.generations();
 
-    let probe = Probe::open(&probe::maps_dir(&lab.nodes[0].bpffs))?;
+    let probe = Probe::open(&probe::maps_dir(&lab.nodes[0].bpffs()))?;
     report.map_entries = probe.counts();
     let want = (services, services * per_service, services * per_service);
     ensure!(report.map_entries == want, "maps hold {:?} entries after start-up, want {want:?}", report.map_entries);

@@ -6,8 +6,9 @@
 //! reply's source; `udp-connected-keep` keeps one connected socket. A kept
 //! flow that fails is reported once and replaced by a new one, as an
 //! application would reconnect. Prints one
-//! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS` or
-//! `err REASON MICROS`. Bounded in count and time: every request has a timeout.
+//! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS AT_MS` or
+//! `err REASON MICROS AT_MS` (AT_MS: when the request started, Unix time in
+//! milliseconds). Bounded in count and time: every request has a timeout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -28,6 +29,7 @@ fn main() -> anyhow::Result<()> {
     let mut flow: Option<Flow> = None;
     for _ in 0..count.min(100_000) {
         let started = Instant::now();
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
         let result = match proto.as_str() {
             "tcp" => tcp_request(target, timeout),
             "udp" => udp_request(target, timeout),
@@ -37,8 +39,8 @@ fn main() -> anyhow::Result<()> {
         };
         let micros = started.elapsed().as_micros();
         match result {
-            Ok((answer, from)) => writeln!(out, "ok {} {from} {micros}", answer.trim())?,
-            Err(e) => writeln!(out, "err {} {micros}", e.to_string().replace(' ', "_"))?,
+            Ok((answer, from)) => writeln!(out, "ok {} {from} {micros} {at_ms}", answer.trim())?,
+            Err(e) => writeln!(out, "err {} {micros} {at_ms}", e.to_string().replace(' ', "_"))?,
         }
         out.flush()?;
         std::thread::sleep(interval);

@@ -1,0 +1,353 @@
+//! Which of the node's devices get which programs, and what is missing: the
+//! pure half of attaching. The agent feeds it the node's links as netlink
+//! reports them and the outcome of each attach; it answers which devices
+//! need programs and what `/healthz` must report. No device names come from
+//! outside but the node's own (`--device`): pods' devices are recognised by
+//! their names as the CNI makes them, whenever they appear.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::datapath::DeviceRole;
+
+/// Host-side device names of the common CNIs' pod interfaces: kindnet,
+/// flannel, kube-router, Weave and the bridge/ptp plugins (`veth`), Calico
+/// (`cali`), Cilium (`lxc`), AWS VPC CNI (`eni`), GKE (`gke`), Azure CNI
+/// (`azv`).
+pub const DEFAULT_POD_DEVICE_PATTERNS: &str = "veth*,cali*,lxc*,eni*,gke*,azv*";
+
+/// A device name, or a glob with `*` standing for any run of characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamePattern(String);
+
+impl NamePattern {
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+impl FromStr for NamePattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        // Linux device names: at most 15 bytes, no '/' or whitespace.
+        if s.is_empty() || s.trim_matches('*').is_empty() {
+            return Err(format!("{s:?} would match every device"));
+        }
+        if s.contains(|c: char| c == '/' || c.is_whitespace()) {
+            return Err(format!("{s:?} is not a device name pattern"));
+        }
+        Ok(NamePattern(s.to_string()))
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|skip| glob_match(rest, &name[skip..])),
+        Some((c, rest)) => name.split_first().is_some_and(|(n, tail)| n == c && glob_match(rest, tail)),
+    }
+}
+
+/// Which devices get programs: the node's own by name, pods' by pattern.
+#[derive(Clone, Debug)]
+pub struct DeviceSelection {
+    pub external: Vec<String>,
+    pub pod_patterns: Vec<NamePattern>,
+}
+
+impl DeviceSelection {
+    /// The role of the device called `name`, if it gets programs. A node
+    /// device is never taken for a pod's, whatever its name (a kind node's
+    /// eth0 is a veth too).
+    pub fn role(&self, name: &str) -> Option<DeviceRole> {
+        if self.external.iter().any(|d| d == name) {
+            return Some(DeviceRole::External);
+        }
+        self.pod_patterns.iter().any(|p| p.matches(name)).then_some(DeviceRole::Pod)
+    }
+}
+
+/// A network device as netlink names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+}
+
+/// What the agent should do about a link that appeared or changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Attach the programs of this role (replacing any it had under another
+    /// name first: see `detach_first`).
+    Attach { role: DeviceRole, detach_first: Option<String> },
+    /// It had our programs under this name and is no longer selected
+    /// (renamed): detach them.
+    Detach { old_name: String },
+    Nothing,
+}
+
+#[derive(Clone, Debug)]
+struct Device {
+    name: String,
+    role: DeviceRole,
+    /// `None` when attached; the error of the last attempt otherwise.
+    failure: Option<String>,
+}
+
+/// The socket hooks' state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketLb {
+    NotYet,
+    Attached { cgroup: String },
+    Failed { cgroup: String, error: String },
+}
+
+/// The agent's view of what is attached where, by interface index (a
+/// device's name can change; its index cannot).
+#[derive(Debug)]
+pub struct Attachments {
+    selection: DeviceSelection,
+    devices: BTreeMap<u32, Device>,
+    socket_lb: SocketLb,
+    /// Whether the node's links have been listed once.
+    listed: bool,
+}
+
+impl Attachments {
+    pub fn new(selection: DeviceSelection) -> Self {
+        Attachments {
+            selection,
+            devices: BTreeMap::new(),
+            socket_lb: SocketLb::NotYet,
+            listed: false,
+        }
+    }
+
+    pub fn selection(&self) -> &DeviceSelection {
+        &self.selection
+    }
+
+    /// A link exists (listed, added or changed).
+    pub fn link_seen(&mut self, link: &Link) -> Action {
+        let role = self.selection.role(&link.name);
+        match (self.devices.get(&link.index), role) {
+            (Some(known), Some(role)) if known.name == link.name && known.role == role => Action::Nothing,
+            (Some(known), Some(role)) => Action::Attach {
+                role,
+                detach_first: Some(known.name.clone()),
+            },
+            (Some(known), None) => {
+                let old_name = known.name.clone();
+                self.devices.remove(&link.index);
+                Action::Detach { old_name }
+            }
+            (None, Some(role)) => Action::Attach { role, detach_first: None },
+            (None, None) => Action::Nothing,
+        }
+    }
+
+    /// The outcome of attaching `role`'s programs to `link`.
+    pub fn attach_done(&mut self, link: &Link, role: DeviceRole, result: Result<(), String>) {
+        self.devices.insert(
+            link.index,
+            Device {
+                name: link.name.clone(),
+                role,
+                failure: result.err(),
+            },
+        );
+    }
+
+    /// A link went away: its programs went with it (the kernel detaches
+    /// them). Returns the name it had if it had ours, so its pins can go.
+    pub fn link_gone(&mut self, index: u32) -> Option<String> {
+        self.devices.remove(&index).map(|d| d.name)
+    }
+
+    /// After a full listing: forgets devices that are not in it (removed
+    /// while the agent was not listening) and returns their names.
+    pub fn listed(&mut self, links: &[Link]) -> Vec<String> {
+        self.listed = true;
+        let gone: Vec<u32> = self
+            .devices
+            .keys()
+            .filter(|index| !links.iter().any(|l| l.index == **index))
+            .copied()
+            .collect();
+        gone.into_iter().filter_map(|index| self.link_gone(index)).collect()
+    }
+
+    /// Devices whose last attach failed and that still exist: try again.
+    pub fn to_retry(&self) -> Vec<(Link, DeviceRole)> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.failure.is_some())
+            .map(|(index, d)| (Link { index: *index, name: d.name.clone() }, d.role))
+            .collect()
+    }
+
+    pub fn set_socket_lb(&mut self, state: SocketLb) {
+        self.socket_lb = state;
+    }
+
+    pub fn socket_lb(&self) -> &SocketLb {
+        &self.socket_lb
+    }
+
+    /// Devices with our programs, by role.
+    pub fn attached(&self, role: DeviceRole) -> Vec<&str> {
+        self.devices
+            .values()
+            .filter(|d| d.role == role && d.failure.is_none())
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
+    /// Why the datapath cannot serve everything the maps hold: a node
+    /// device that does not exist or has no program, a pod device that
+    /// exists without its programs, socket hooks that are not attached.
+    /// Empty when it can.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.socket_lb {
+            SocketLb::NotYet | SocketLb::Attached { .. } => {}
+            SocketLb::Failed { cgroup, error } => {
+                out.push(format!("socket hooks not attached to cgroup {cgroup}: {error}"))
+            }
+        }
+        if self.listed {
+            for name in &self.selection.external {
+                if !self.devices.values().any(|d| &d.name == name) {
+                    out.push(format!("device {name} (--device) does not exist"));
+                }
+            }
+        }
+        for d in self.devices.values() {
+            if let Some(error) = &d.failure {
+                out.push(format!("{} device {}: programs not attached: {error}", role_name(d.role), d.name));
+            }
+        }
+        out
+    }
+}
+
+pub fn role_name(role: DeviceRole) -> &'static str {
+    match role {
+        DeviceRole::Pod => "pod",
+        DeviceRole::External => "node",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection() -> DeviceSelection {
+        DeviceSelection {
+            external: vec!["eth0".into()],
+            pod_patterns: DEFAULT_POD_DEVICE_PATTERNS.split(',').map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    fn link(index: u32, name: &str) -> Link {
+        Link { index, name: name.into() }
+    }
+
+    #[test]
+    fn patterns_match_the_common_cnis_devices_and_nothing_else() {
+        let s = selection();
+        for pod in ["veth3f2a9c1b", "cali1234567890a", "lxc8a7b6c5d4e3f", "eni0a1b2c3d4e5", "gke1234", "azv0"] {
+            assert_eq!(s.role(pod), Some(DeviceRole::Pod), "{pod}");
+        }
+        for other in ["lo", "eth1", "docker0", "cni0", "flannel.1", "vxlan.calico", "cilium_host", "tunl0", "ens3"] {
+            assert_eq!(s.role(other), None, "{other}");
+        }
+        assert_eq!(s.role("eth0"), Some(DeviceRole::External));
+        // A node device that matches a pod pattern stays the node's.
+        let s = DeviceSelection { external: vec!["veth-uplink".into()], ..selection() };
+        assert_eq!(s.role("veth-uplink"), Some(DeviceRole::External));
+    }
+
+    #[test]
+    fn glob_matching() {
+        let p = |s: &str| s.parse::<NamePattern>().unwrap();
+        assert!(p("veth*").matches("veth"));
+        assert!(p("veth*").matches("veth0"));
+        assert!(!p("veth*").matches("xveth0"));
+        assert!(p("*-host").matches("pod1-host"));
+        assert!(!p("*-host").matches("pod1-hostx"));
+        assert!(p("a*b*c").matches("a-b-c"));
+        assert!(!p("a*b*c").matches("a-c-b"));
+        assert!(p("eth0").matches("eth0"));
+        assert!(!p("eth0").matches("eth01"));
+        for bad in ["", "*", "**", "a/b", "a b"] {
+            assert!(bad.parse::<NamePattern>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_device_is_attached_once_and_forgotten_when_it_goes() {
+        let mut a = Attachments::new(selection());
+        let veth = link(7, "veth1a2b3c4d");
+        assert_eq!(a.link_seen(&veth), Action::Attach { role: DeviceRole::Pod, detach_first: None });
+        a.attach_done(&veth, DeviceRole::Pod, Ok(()));
+        // netlink repeats a link on every change (up, MTU, ...): no new attach.
+        assert_eq!(a.link_seen(&veth), Action::Nothing);
+        assert_eq!(a.attached(DeviceRole::Pod), vec!["veth1a2b3c4d"]);
+        assert_eq!(a.link_gone(7), Some("veth1a2b3c4d".into()));
+        assert_eq!(a.link_gone(7), None);
+        assert!(a.attached(DeviceRole::Pod).is_empty());
+        assert_eq!(a.link_seen(&link(3, "docker0")), Action::Nothing);
+    }
+
+    #[test]
+    fn renames_move_or_drop_the_programs() {
+        let mut a = Attachments::new(selection());
+        // A CNI that makes the device under a temporary name, then renames it.
+        assert_eq!(a.link_seen(&link(9, "tmp0123")), Action::Nothing);
+        assert_eq!(a.link_seen(&link(9, "veth99")), Action::Attach { role: DeviceRole::Pod, detach_first: None });
+        a.attach_done(&link(9, "veth99"), DeviceRole::Pod, Ok(()));
+        assert_eq!(
+            a.link_seen(&link(9, "cali99")),
+            Action::Attach { role: DeviceRole::Pod, detach_first: Some("veth99".into()) }
+        );
+        a.attach_done(&link(9, "cali99"), DeviceRole::Pod, Ok(()));
+        assert_eq!(a.link_seen(&link(9, "other")), Action::Detach { old_name: "cali99".into() });
+        assert!(a.attached(DeviceRole::Pod).is_empty());
+    }
+
+    #[test]
+    fn problems_name_what_cannot_be_served() {
+        let mut a = Attachments::new(selection());
+        assert!(a.problems().is_empty(), "nothing known yet is nothing missing");
+        let veth = link(5, "veth5");
+        a.attach_done(&veth, DeviceRole::Pod, Err("No such device".into()));
+        a.listed(&[veth.clone()]);
+        let problems = a.problems();
+        assert!(problems.iter().any(|p| p == "device eth0 (--device) does not exist"), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("pod device veth5: programs not attached: No such device")), "{problems:?}");
+        assert_eq!(a.to_retry(), vec![(veth.clone(), DeviceRole::Pod)]);
+        a.attach_done(&veth, DeviceRole::Pod, Ok(()));
+        a.attach_done(&link(2, "eth0"), DeviceRole::External, Ok(()));
+        assert!(a.problems().is_empty(), "{:?}", a.problems());
+        a.set_socket_lb(SocketLb::Failed { cgroup: "/run/x".into(), error: "not cgroup2".into() });
+        assert_eq!(a.problems(), vec!["socket hooks not attached to cgroup /run/x: not cgroup2".to_string()]);
+    }
+
+    #[test]
+    fn a_listing_forgets_devices_that_left_unnoticed() {
+        let mut a = Attachments::new(selection());
+        a.attach_done(&link(4, "veth4"), DeviceRole::Pod, Ok(()));
+        a.attach_done(&link(6, "veth6"), DeviceRole::Pod, Ok(()));
+        assert_eq!(a.listed(&[link(6, "veth6")]), vec!["veth4".to_string()]);
+        assert_eq!(a.attached(DeviceRole::Pod), vec!["veth6"]);
+    }
+}

@@ -1,0 +1,79 @@
+//! What this agent's pinned links are attached to, read back from the
+//! kernel (`proxy-agent list attachments`, and the start-up log).
+
+use std::ffi::CStr;
+
+use super::link_detach::{pinned_link_info, LinkTarget};
+use super::PinLayout;
+
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    /// The pin's file name (`tc_ingress_eth0`, `cgroup_connect4_1234`).
+    pub pin: String,
+    /// tc ingress / tc egress / xdp / cgroup.
+    pub hook: String,
+    /// The device by name (or `ifindex N (gone)`), or the cgroup's id.
+    pub target: String,
+    /// The program's name as loaded, or its id when it cannot be read.
+    pub program: String,
+}
+
+pub fn attachments(layout: &PinLayout) -> Vec<Attachment> {
+    let Ok(entries) = std::fs::read_dir(layout.links()) else {
+        return Vec::new();
+    };
+    let mut pins: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    pins.sort();
+    let programs: Vec<(u32, String)> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect();
+    pins.iter()
+        .map(|pin| {
+            let name = pin.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            match pinned_link_info(pin) {
+                Ok(info) => {
+                    let (hook, target) = match info.target {
+                        LinkTarget::Tcx { ifindex, egress } => {
+                            (if egress { "tc egress" } else { "tc ingress" }.to_string(), device(ifindex))
+                        }
+                        LinkTarget::Xdp { ifindex } => ("xdp".to_string(), device(ifindex)),
+                        LinkTarget::Cgroup { cgroup_id } => (
+                            format!("cgroup {}", name.split('_').nth(1).unwrap_or("?")),
+                            format!("cgroup id {cgroup_id}"),
+                        ),
+                        LinkTarget::Other { link_type } => (format!("link type {link_type}"), "-".to_string()),
+                    };
+                    let program = programs
+                        .iter()
+                        .find(|(id, _)| *id == info.program_id)
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_else(|| format!("id {}", info.program_id));
+                    Attachment { pin: name, hook, target, program }
+                }
+                Err(error) => Attachment {
+                    pin: name,
+                    hook: "?".into(),
+                    target: format!("unreadable: {error}"),
+                    program: "-".into(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// A device's name from its index; a link whose device was deleted reports
+/// index 0.
+fn device(ifindex: u32) -> String {
+    if ifindex == 0 {
+        return "(device gone)".into();
+    }
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has room for IF_NAMESIZE bytes, as if_indextoname needs.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if name.is_null() {
+        return format!("ifindex {ifindex} (gone)");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    unsafe { CStr::from_ptr(buf.as_ptr().cast()) }.to_string_lossy().into_owned()
+}
