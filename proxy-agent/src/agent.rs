@@ -228,6 +228,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             attached = true;
             tracing::info!("datapath serving");
         }
+        attacher.check_local_endpoints(local_endpoints(sync.tables.tables())).await;
         attacher.report(&telemetry);
         resync = false;
         tokio::select! {
@@ -241,6 +242,19 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
     Ok(())
+}
+
+/// The addresses of this node's endpoints, sorted and deduplicated.
+fn local_endpoints(tables: &Tables) -> Vec<std::net::Ipv4Addr> {
+    let mut out: Vec<std::net::Ipv4Addr> = tables
+        .backends
+        .values()
+        .filter(|b| b.flags & proxy_common::maps::backend_flags::LOCAL != 0)
+        .map(|b| std::net::Ipv4Addr::from(b.addr.to_ne_bytes()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// glibc gives each thread that allocates its own arena, and memory freed

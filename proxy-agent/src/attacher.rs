@@ -5,11 +5,12 @@
 //! there, a device that fails, each is a log line, a metric and a reason in
 //! `/healthz`, and the agent keeps serving what it can and retries.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::attachments::{role_name, Action, Attachments, DeviceSelection, Link, SocketLb};
-use crate::datapath::links::LinkEvent;
+use crate::datapath::links::{LinkEvent, RouteLookup};
 use crate::datapath::{self, DeviceRole, PinLayout};
 use crate::telemetry::{metrics::AttachFigures, Telemetry};
 
@@ -20,6 +21,9 @@ pub struct Attacher {
     cgroup_root: Option<PathBuf>,
     state: Attachments,
     failures: u64,
+    routes: Option<RouteLookup>,
+    /// The local endpoints and link generation the last check saw.
+    checked: Option<(Vec<Ipv4Addr>, u64)>,
 }
 
 impl Attacher {
@@ -30,7 +34,30 @@ impl Attacher {
             cgroup_root,
             state: Attachments::new(selection),
             failures: 0,
+            routes: RouteLookup::new()
+                .inspect_err(|error| tracing::warn!(%error, "no route lookups: local endpoints' devices go unchecked"))
+                .ok(),
+            checked: None,
         }
+    }
+
+    /// Checks that every local endpoint is behind a device the programs
+    /// serve (when the endpoints or the devices changed since the last
+    /// check). `local_endpoints`: sorted, deduplicated.
+    pub async fn check_local_endpoints(&mut self, local_endpoints: Vec<Ipv4Addr>) {
+        let Some(routes) = &self.routes else { return };
+        let key = (local_endpoints, self.state.generation());
+        if self.checked.as_ref() == Some(&key) {
+            return;
+        }
+        let mut found = Vec::with_capacity(key.0.len());
+        for addr in &key.0 {
+            if let Some(index) = routes.device_for(*addr).await {
+                found.push((*addr, index));
+            }
+        }
+        self.state.check_endpoints(&found);
+        self.checked = Some(key);
     }
 
     /// The socket hooks, once the maps hold the first sync.

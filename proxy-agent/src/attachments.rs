@@ -80,6 +80,8 @@ impl DeviceSelection {
 pub struct Link {
     pub index: u32,
     pub name: String,
+    /// The bridge (or bond) it is a port of, by index.
+    pub master: Option<u32>,
 }
 
 /// What the agent should do about a link that appeared or changed.
@@ -119,6 +121,12 @@ pub struct Attachments {
     socket_lb: SocketLb,
     /// Whether the node's links have been listed once.
     listed: bool,
+    /// Every link of the node, selected or not, by index.
+    links: BTreeMap<u32, Link>,
+    /// Bumped on every change of `links` or `devices`.
+    generation: u64,
+    /// Local endpoints whose device has no programs, from the last check.
+    unserved: Vec<String>,
 }
 
 impl Attachments {
@@ -128,7 +136,16 @@ impl Attachments {
             devices: BTreeMap::new(),
             socket_lb: SocketLb::NotYet,
             listed: false,
+            links: BTreeMap::new(),
+            generation: 0,
+            unserved: Vec::new(),
         }
+    }
+
+    /// Changes whenever the node's links or the attachments change: a
+    /// check of the local endpoints' devices is only stale then.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn selection(&self) -> &DeviceSelection {
@@ -137,6 +154,10 @@ impl Attachments {
 
     /// A link exists (listed, added or changed).
     pub fn link_seen(&mut self, link: &Link) -> Action {
+        if self.links.get(&link.index) != Some(link) {
+            self.links.insert(link.index, link.clone());
+            self.generation += 1;
+        }
         let role = self.selection.role(&link.name);
         match (self.devices.get(&link.index), role) {
             (Some(known), Some(role)) if known.name == link.name && known.role == role => Action::Nothing,
@@ -156,6 +177,7 @@ impl Attachments {
 
     /// The outcome of attaching `role`'s programs to `link`.
     pub fn attach_done(&mut self, link: &Link, role: DeviceRole, result: Result<(), String>) {
+        self.generation += 1;
         self.devices.insert(
             link.index,
             Device {
@@ -169,6 +191,8 @@ impl Attachments {
     /// A link went away: its programs went with it (the kernel detaches
     /// them). Returns the name it had if it had ours, so its pins can go.
     pub fn link_gone(&mut self, index: u32) -> Option<String> {
+        self.links.remove(&index);
+        self.generation += 1;
         self.devices.remove(&index).map(|d| d.name)
     }
 
@@ -176,6 +200,8 @@ impl Attachments {
     /// while the agent was not listening) and returns their names.
     pub fn listed(&mut self, links: &[Link]) -> Vec<String> {
         self.listed = true;
+        self.links.retain(|index, _| links.iter().any(|l| l.index == *index));
+        self.generation += 1;
         let gone: Vec<u32> = self
             .devices
             .keys()
@@ -190,7 +216,10 @@ impl Attachments {
         self.devices
             .iter()
             .filter(|(_, d)| d.failure.is_some())
-            .map(|(index, d)| (Link { index: *index, name: d.name.clone() }, d.role))
+            .map(|(index, d)| {
+                let link = self.links.get(index).cloned().unwrap_or(Link { index: *index, name: d.name.clone(), master: None });
+                (link, d.role)
+            })
             .collect()
     }
 
@@ -209,6 +238,35 @@ impl Attachments {
             .filter(|d| d.role == role && d.failure.is_none())
             .map(|d| d.name.as_str())
             .collect()
+    }
+
+    /// Takes the route of each local endpoint (its address and the device
+    /// the node routes it to, as `ip route get` answers): an endpoint on a
+    /// pod device without our programs cannot be served (replies of its
+    /// NodePort flows, its pods' connected UDP), nor one on a bridge none of
+    /// whose ports has them. Endpoints on the node's own devices or its
+    /// loopback (host-network pods) need no pod device.
+    pub fn check_endpoints(&mut self, routes: &[(std::net::Ipv4Addr, u32)]) {
+        let served = |index: u32| {
+            self.devices.get(&index).is_some_and(|d| d.failure.is_none())
+                || self
+                    .devices
+                    .iter()
+                    .any(|(i, d)| d.role == DeviceRole::Pod && d.failure.is_none() && self.links.get(i).and_then(|l| l.master) == Some(index))
+        };
+        self.unserved = routes
+            .iter()
+            .filter(|(_, index)| {
+                let Some(link) = self.links.get(index) else { return false };
+                link.name != "lo" && self.selection.role(&link.name) != Some(DeviceRole::External) && !served(*index)
+            })
+            .map(|(addr, index)| {
+                format!(
+                    "local endpoint {addr} is behind device {}, which has no programs (does --pod-device-patterns match it?)",
+                    self.links[index].name
+                )
+            })
+            .collect();
     }
 
     /// Why the datapath cannot serve everything the maps hold: a node
@@ -235,6 +293,7 @@ impl Attachments {
                 out.push(format!("{} device {}: programs not attached: {error}", role_name(d.role), d.name));
             }
         }
+        out.extend(self.unserved.iter().cloned());
         out
     }
 }
@@ -258,7 +317,7 @@ mod tests {
     }
 
     fn link(index: u32, name: &str) -> Link {
-        Link { index, name: name.into() }
+        Link { index, name: name.into(), master: None }
     }
 
     #[test]
@@ -340,6 +399,37 @@ mod tests {
         assert!(a.problems().is_empty(), "{:?}", a.problems());
         a.set_socket_lb(SocketLb::Failed { cgroup: "/run/x".into(), error: "not cgroup2".into() });
         assert_eq!(a.problems(), vec!["socket hooks not attached to cgroup /run/x: not cgroup2".to_string()]);
+    }
+
+    #[test]
+    fn local_endpoints_behind_devices_without_programs_are_problems() {
+        let mut a = Attachments::new(selection());
+        let ip = |last: u8| std::net::Ipv4Addr::new(10, 244, 1, last);
+        let lo = link(1, "lo");
+        let eth0 = link(2, "eth0");
+        let veth = link(3, "veth3");
+        let other = link(4, "enx9"); // a CNI naming its devices otherwise
+        let cni0 = link(5, "cni0");
+        let port = Link { master: Some(5), ..link(6, "veth6") };
+        let lonely_bridge = link(7, "br-x");
+        for l in [&lo, &eth0, &veth, &other, &cni0, &port, &lonely_bridge] {
+            if let Action::Attach { role, .. } = a.link_seen(l) {
+                a.attach_done(l, role, Ok(()));
+            }
+        }
+        a.listed(&[lo, eth0, veth, other, cni0, port, lonely_bridge]);
+        let before = a.generation();
+        a.check_endpoints(&[(ip(1), 1), (ip(2), 2), (ip(3), 3), (ip(5), 5), (ip(9), 99)]);
+        assert!(a.problems().is_empty(), "lo, node device, attached veth, bridge with an attached port, no route: {:?}", a.problems());
+        a.check_endpoints(&[(ip(4), 4), (ip(7), 7)]);
+        assert_eq!(
+            a.problems(),
+            vec![
+                "local endpoint 10.244.1.4 is behind device enx9, which has no programs (does --pod-device-patterns match it?)".to_string(),
+                "local endpoint 10.244.1.7 is behind device br-x, which has no programs (does --pod-device-patterns match it?)".to_string(),
+            ]
+        );
+        assert_eq!(a.generation(), before, "a check changes no link");
     }
 
     #[test]

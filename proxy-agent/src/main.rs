@@ -86,8 +86,15 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cleanup => datapath::cleanup(&layout),
         Command::PrepareNode { cgroup_root, host_cgroupns } => {
+            // Without bpffs the agent cannot run at all: that fails the
+            // init container. Without the cgroup2 mount it still serves
+            // everything but host sockets, and says so in /healthz: an init
+            // container failing over it would leave the node with nothing.
             datapath::ensure_bpffs(&cli.bpffs)?;
-            datapath::prepare_cgroup_root(&cgroup_root, &host_cgroupns)
+            if let Err(error) = datapath::prepare_cgroup_root(&cgroup_root, &host_cgroupns) {
+                tracing::error!(error = format!("{error:#}"), "no cgroup2 for the socket hooks; the agent will report it");
+            }
+            Ok(())
         }
         Command::Counters => {
             let maps = PinnedMaps::open(&layout)?;

@@ -409,10 +409,21 @@ impl Lab {
             .iter()
             .find_map(|a| a.strip_prefix("--cgroup-root="))
             .context("the DaemonSet passes no --cgroup-root")?;
-        if !node::is_mount_of(Path::new(root), &n.cgroup) {
+        // Not mounted is safe (the agent finds no cgroup2 there and says
+        // so); mounted anywhere but the node's root is not.
+        if node::is_cgroup2_mount(Path::new(root)) && !node::is_mount_of(Path::new(root), &n.cgroup) {
             let _ = run("umount", &[root]);
-            bail!("{root} is not a cgroup2 mount of {}'s root cgroup; refusing to let an agent attach there", n.name);
+            bail!("{root} is a cgroup2 mount of something else than {}'s root cgroup; refusing to let an agent attach there", n.name);
         }
+        Ok(())
+    }
+
+    /// Takes away what the init container mounts the node's cgroup2 from
+    /// (the host's cgroup namespace), as on a host where it cannot be done.
+    pub fn break_cgroup_namespace(&self, node: usize) -> anyhow::Result<()> {
+        let file = self.nodes[node].host_root.join("proc/1/ns/cgroup");
+        run("umount", &[&file.to_string_lossy()])?;
+        std::fs::remove_file(&file)?;
         Ok(())
     }
 
@@ -506,6 +517,12 @@ impl Lab {
     /// `run` flags (replacing the DaemonSet's of the same name).
     pub fn start_agent_with(&self, node: usize, extra: &[&str]) -> anyhow::Result<Agent> {
         self.spawn_agent(node, AgentSource::Manifests, extra, &[])
+    }
+
+    /// Like `start_agent_with`, with keys of the DaemonSet's ConfigMap set
+    /// otherwise.
+    pub fn start_agent_with_config(&self, node: usize, extra: &[&str], config: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        self.spawn_agent(node, AgentSource::Manifests, extra, config)
     }
 
     /// Lets XDP programs on the nodes transmit: a veth accepts frames

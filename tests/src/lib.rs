@@ -21,6 +21,7 @@ pub mod bench_sync;
 pub mod cmd;
 pub mod control_plane;
 pub mod daemonset;
+pub mod foreign_prog;
 pub mod kube_proxy_rules;
 pub mod lab;
 pub mod manifests;

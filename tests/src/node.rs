@@ -87,16 +87,20 @@ pub fn make_cgroup_namespace(cgroup: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a cgroup2 file system is mounted at `path`.
+pub fn is_cgroup2_mount(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*path.to_string_lossy()) && l.split_whitespace().nth(2) == Some("cgroup2"))
+}
+
 /// Whether `mount` is a cgroup2 mount rooted at `cgroup` (same directory
 /// inode): what the lab checks before an agent may attach there, so a
 /// mistake can never put the hooks on the machine's own root cgroup.
 pub fn is_mount_of(mount: &Path, cgroup: &Path) -> bool {
-    let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    let fs_type = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mounted = fs_type
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(&*mount.to_string_lossy()) && l.split_whitespace().nth(2) == Some("cgroup2"));
-    mounted && ino(mount).is_some() && ino(mount).map(|(_, i)| i) == ino(cgroup).map(|(_, i)| i)
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    is_cgroup2_mount(mount) && ino(mount).is_some() && ino(mount) == ino(cgroup)
 }
 
 /// kindnet's masquerade (its `KIND-MASQ-AGENT` chain): traffic leaving the

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binaries, counter, SYNC_TIMEOUT};
+use common::{binaries, counter, http_get, sample, SYNC_TIMEOUT};
 use proxy_lab::cmd::{in_ns, sysctl};
 use proxy_lab::lab::wait_until;
 use proxy_lab::manifests::service;
@@ -17,22 +17,6 @@ use proxy_lab::{Lab, Summary};
 const REQUESTS: u32 = 60;
 
 /// Status and body of `GET url`, from namespace `ns`.
-fn http_get(ns: &str, url: &str) -> anyhow::Result<(u16, String)> {
-    let out = in_ns(ns, &["curl", "-sS", "--max-time", "2", "-w", "\n%{http_code}", url])?;
-    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
-    Ok((status.trim().parse()?, body.to_string()))
-}
-
-/// The value of one series in Prometheus text, e.g. `name{label="v"}`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
-}
-
 /// A Service the model must refuse: its cluster IP is not an address.
 const BAD_SERVICE: &str = r#"apiVersion: v1
 kind: Service

@@ -47,7 +47,7 @@ pub fn attachments(layout: &PinLayout) -> Vec<Attachment> {
                     let program = programs
                         .iter()
                         .find(|(id, _)| *id == info.program_id)
-                        .map(|(_, n)| n.clone())
+                        .map(|(_, n)| full_name(n))
                         .unwrap_or_else(|| format!("id {}", info.program_id));
                     Attachment { pin: name, hook, target, program }
                 }
@@ -60,6 +60,23 @@ pub fn attachments(layout: &PinLayout) -> Vec<Attachment> {
             }
         })
         .collect()
+}
+
+/// The kernel keeps 15 bytes of a program's name: ours are given back whole.
+fn full_name(kernel_name: &str) -> String {
+    const OURS: [&str; 8] = [
+        "proxy_tc_pod",
+        "proxy_tc_pod_egress",
+        "proxy_tc_external",
+        "proxy_xdp_external",
+        "proxy_sock_connect4",
+        "proxy_sock_sendmsg4",
+        "proxy_sock_recvmsg4",
+        "proxy_sock_getpeername4",
+    ];
+    OURS.iter()
+        .find(|full| **full == kernel_name || (kernel_name.len() == 15 && full.starts_with(kernel_name)))
+        .map_or_else(|| kernel_name.to_string(), |full| full.to_string())
 }
 
 /// A device's name from its index; a link whose device was deleted reports

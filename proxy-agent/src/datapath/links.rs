@@ -2,11 +2,13 @@
 //! listing, then every change. Pods' devices appear and vanish all the time;
 //! the agent attaches to them as they do.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
 use tokio::sync::mpsc;
@@ -79,10 +81,42 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
         LinkAttribute::IfName(name) => Some(name.clone()),
         _ => None,
     })?;
+    let master = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(index) => Some(*index),
+        _ => None,
+    });
     Some(Link {
         index: msg.header.index,
         name,
+        master,
     })
+}
+
+/// `ip route get`: the device the node sends packets for an address out of.
+pub struct RouteLookup {
+    handle: rtnetlink::Handle,
+    _conn: AbortOnDrop,
+}
+
+impl RouteLookup {
+    pub fn new() -> anyhow::Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        Ok(RouteLookup {
+            handle,
+            _conn: AbortOnDrop(tokio::spawn(conn)),
+        })
+    }
+
+    /// The output device for `addr`; `None` when the node has no route.
+    pub async fn device_for(&self, addr: Ipv4Addr) -> Option<u32> {
+        let query = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, 32).build();
+        let mut answers = self.handle.route().get(query).execute();
+        let route = answers.try_next().await.ok()??;
+        route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(index) => Some(*index),
+            _ => None,
+        })
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -36,3 +36,20 @@ pub fn counter(output: &str, name: &str) -> u64 {
 pub fn answered_by(s: &Summary) -> Vec<&str> {
     s.by_backend.keys().map(String::as_str).collect()
 }
+
+/// GET `url` from inside namespace `ns`: (status, body).
+pub fn http_get(ns: &str, url: &str) -> anyhow::Result<(u16, String)> {
+    let out = proxy_lab::cmd::in_ns(ns, &["curl", "-sS", "--max-time", "2", "-w", "\n%{http_code}", url])?;
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    Ok((status.trim().parse()?, body.to_string()))
+}
+
+/// The value of one series in Prometheus text, e.g. `name{label="v"}`.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
