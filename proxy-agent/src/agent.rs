@@ -138,6 +138,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut telemetry = Telemetry::start(&args.telemetry);
     let mut source = Source::new(&args, &node_name).await?;
     datapath::ensure_bpffs(bpffs)?;
+    let _only_agent = datapath::lock_node(&layout.root).await?;
     let mut ebpf = datapath::load(&layout)?;
     if args.xdp {
         datapath::load_xdp(&mut ebpf)?;

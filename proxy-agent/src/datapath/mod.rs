@@ -15,7 +15,7 @@ mod sock_rev_nat;
 pub mod udp_sockets;
 mod xdp;
 
-pub use bpffs::ensure_bpffs;
+pub use bpffs::{ensure_bpffs, lock_node};
 pub use cgroup::{attach_cgroup, prepare_cgroup_root};
 pub use devices::{attach_device, detach_device, forget_device, pinned_devices};
 pub use inventory::{attachments, Attachment};

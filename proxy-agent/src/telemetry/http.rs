@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 /// kube-proxy does for its servers instead of exiting.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
+/// kube-proxy's `/healthz` port, which this agent takes over: found taken,
+/// kube-proxy itself is the likely holder.
+const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
+
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: &'static str,
@@ -72,6 +76,15 @@ pub fn serve(what: &'static str, addr: SocketAddr, handler: Handler) -> JoinHand
         let listener = loop {
             match TcpListener::bind(addr).await {
                 Ok(listener) => break listener,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && addr.port() == KUBE_PROXY_HEALTHZ_PORT => {
+                    tracing::error!(
+                        server = what,
+                        %addr,
+                        %error,
+                        "cannot listen: kube-proxy's port is taken; is kube-proxy (or another service proxy) running on this node? Both would translate Services. Retrying"
+                    );
+                    tokio::time::sleep(BIND_RETRY).await;
+                }
                 Err(error) => {
                     tracing::error!(server = what, %addr, %error, "cannot listen; retrying");
                     tokio::time::sleep(BIND_RETRY).await;

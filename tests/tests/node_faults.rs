@@ -1,9 +1,10 @@
 //! What the agent does when the node is not as it expects: pod devices its
 //! patterns do not match, devices that vanish while it attaches, no cgroup2
-//! for the socket hooks, another party's programs on the same devices. Each
-//! time: a clear log line, a metric and the reason in `/healthz`, and
-//! everything else still served; nobody else's programs touched. Agents
-//! start from the rendered DaemonSet. Needs root.
+//! for the socket hooks, another party's programs on the same devices,
+//! kube-proxy or a second agent on the node. Each time: a clear log line,
+//! a metric or the reason in `/healthz`, and everything else still served;
+//! nobody else's programs touched, no exit. Agents start from the rendered
+//! DaemonSet. Needs root.
 
 mod common;
 
@@ -192,4 +193,56 @@ fn other_programs_on_pod_devices_keep_running_before_and_after_ours() {
     lab.agent_command(0, &["cleanup"]).unwrap();
     all_answered(&lab, &lab.pod("client-a").ns, "tcp", &direct, &["web-1"]);
     assert!(first.count().unwrap() > seen_first && last.count().unwrap() > seen_last, "cleanup took another party's programs away");
+}
+
+/// A second agent on a node (two DaemonSets, or a rollout that starts the
+/// new pod before the old one is gone) waits, saying why, instead of
+/// fighting the first over the maps, and takes over when it exits.
+#[test]
+fn a_second_agent_waits_for_the_first_and_takes_over() {
+    if !require_root("a_second_agent_waits_for_the_first_and_takes_over") {
+        return;
+    }
+    let lab = lab();
+    let first = lab.start_agent(0).unwrap();
+    first.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let second = lab.start_agent(0).unwrap();
+    wait_until(Duration::from_secs(5), || second.own_log().contains("another agent is serving this node from the same pins; waiting for it to exit"))
+        .unwrap_or_else(|_| panic!("{}", second.own_log()));
+    assert_eq!(second.generations(), 0, "the second agent synced beside the first:\n{}", second.own_log());
+    all_answered(&lab, &lab.pod("client-a").ns, "tcp", WEB, &["web-1", "web-2", "web-3"]);
+    first.stop().unwrap();
+    second.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    assert!(second.own_log().contains("taking over"), "{}", second.own_log());
+    let np = format!("{}:{NODE_PORT}", lab.node_ip(0));
+    all_answered(&lab, &lab.client_ns, "tcp", &np, &["web-1", "web-2", "web-3"]);
+    // Its health server gets kube-proxy's port once the first agent let go.
+    wait_until(Duration::from_secs(8), || http_get(&lab.nodes[0].ns, "http://127.0.0.1:10256/healthz").is_ok_and(|(s, _)| s == 200))
+        .unwrap_or_else(|_| panic!("{}", second.own_log()));
+}
+
+/// kube-proxy still running on the node holds its health port: the agent
+/// says that kube-proxy is the likely holder (both would translate
+/// Services), keeps trying for the port, and serves meanwhile.
+#[test]
+fn kube_proxys_port_taken_is_named_and_the_agent_serves() {
+    if !require_root("kube_proxys_port_taken_is_named_and_the_agent_serves") {
+        return;
+    }
+    let lab = lab();
+    // Stands in for kube-proxy's /healthz on the node.
+    let mut holder = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.nodes[0].ns, "python3", "-m", "http.server", "--bind", "0.0.0.0", "10256"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(5), || http_get(&lab.nodes[0].ns, "http://127.0.0.1:10256/").is_ok()).unwrap();
+    let agent = lab.start_agent(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let said = wait_until(Duration::from_secs(3), || agent.own_log().contains("is kube-proxy (or another service proxy) running on this node?"));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    said.unwrap_or_else(|_| panic!("{}", agent.own_log()));
+    all_answered(&lab, &lab.pod("client-a").ns, "tcp", WEB, &["web-1", "web-2", "web-3"]);
 }
