@@ -14,7 +14,7 @@ use crate::attacher::Attacher;
 use crate::attachments::{self, DeviceSelection, NamePattern};
 use crate::conntrack_gc;
 use crate::datapath::{self, PinLayout, PinnedMaps};
-use crate::datapath_config::{self, PortRange, SocketLbSettings};
+use crate::datapath_config::{self, PortRange, Switches};
 use crate::port_protection;
 use crate::diff::{diff, diff_touched};
 use crate::model::{self, Cidr, Config, LiveModel, Slice};
@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// sandboxed runtime sees the address the application dialled.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     socket_lb_host_namespace_only: bool,
+    /// Serve ClusterIPs to traffic routed to the node from outside the
+    /// cluster (SNATed to the node, as a NodePort), as kube-proxy does. Off
+    /// by default, as in Cilium: a ClusterIP is the cluster's own address;
+    /// NodePorts, LoadBalancer IPs and externalIPs are for the outside.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    external_cluster_ip: bool,
     /// The Service IP range(s) (comma-separated CIDRs, at most 4): traffic
     /// from pods to an address there that no Service holds is refused, as
     /// kube-proxy rejects traffic to unallocated ClusterIPs. Empty: none.
@@ -152,12 +158,13 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         Some(_) => Some(datapath::SockRevNat::open(&layout)?),
         None => None,
     };
-    let socket_lb = SocketLbSettings {
+    let switches = Switches {
         host_netns_cookie: datapath::own_netns_cookie().unwrap_or_else(|error| {
             tracing::warn!(%error, "no network namespace cookie: the socket hooks will treat pods' sockets as the host's");
             0
         }),
-        host_namespace_only: args.socket_lb_host_namespace_only,
+        socket_lb_host_namespace_only: args.socket_lb_host_namespace_only,
+        external_cluster_ip: args.external_cluster_ip,
     };
     let mut attacher = Attacher::new(
         layout.clone(),
@@ -198,7 +205,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     loop {
         if resync {
             source.update_node(&mut config, !args.node_ips.is_empty());
-            datapath_config::write(&mut maps, &config, &service_cidrs, args.snat_port_range, socket_lb, &mut written_config);
+            datapath_config::write(&mut maps, &config, &service_cidrs, args.snat_port_range, switches, &mut written_config);
             // A new node address or zone changes every Service's frontends.
             let node_changed = &config != sync.model.config();
             let sync_started = telemetry.sync_started();

@@ -55,21 +55,37 @@ impl FromStr for PortRange {
     }
 }
 
-/// Which sockets the socket hooks translate (see
-/// `DatapathConfig::socket_lb_serves`).
+/// What the datapath serves beyond the Services themselves: which sockets
+/// the socket hooks translate (see `DatapathConfig::socket_lb_serves`), and
+/// whether ClusterIPs answer traffic from outside the cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketLbSettings {
+pub struct Switches {
     /// The node's network namespace (the agent's own); 0 if unknown.
     pub host_netns_cookie: u64,
     /// `--socket-lb-host-namespace-only`.
-    pub host_namespace_only: bool,
+    pub socket_lb_host_namespace_only: bool,
+    /// `--external-cluster-ip`.
+    pub external_cluster_ip: bool,
+}
+
+impl Switches {
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.socket_lb_host_namespace_only {
+            flags |= config_flags::SOCKET_LB_HOST_ONLY;
+        }
+        if self.external_cluster_ip {
+            flags |= config_flags::EXTERNAL_CLUSTER_IP;
+        }
+        flags
+    }
 }
 
 /// What the config map should hold for this node. The SNAT address is the
 /// node's first address (NodePorts SNAT to the address they were reached
 /// on; this one is for LoadBalancer and external IPs). Ranges beyond the
 /// map's room are left out and reported.
-pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: PortRange, socket_lb: SocketLbSettings) -> DatapathConfig {
+pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: PortRange, switches: Switches) -> DatapathConfig {
     let mut out = DatapathConfig {
         snat_addr: config
             .node_ips
@@ -79,8 +95,8 @@ pub fn datapath_config(config: &Config, service_cidrs: &[Cidr], snat_ports: Port
             .unwrap_or(0),
         snat_port_min: snat_ports.min,
         snat_port_max: snat_ports.max,
-        host_netns_cookie: socket_lb.host_netns_cookie,
-        flags: if socket_lb.host_namespace_only { config_flags::SOCKET_LB_HOST_ONLY } else { 0 },
+        host_netns_cookie: switches.host_netns_cookie,
+        flags: switches.flags(),
         ..DatapathConfig::default()
     };
     for (slot, cidr) in out.service_cidrs.iter_mut().zip(service_cidrs) {
@@ -105,10 +121,10 @@ pub fn write(
     config: &Config,
     service_cidrs: &[Cidr],
     snat_ports: PortRange,
-    socket_lb: SocketLbSettings,
+    switches: Switches,
     written: &mut Option<DatapathConfig>,
 ) {
-    let wanted = datapath_config(config, service_cidrs, snat_ports, socket_lb);
+    let wanted = datapath_config(config, service_cidrs, snat_ports, switches);
     if written.is_none() {
         *written = maps.config().ok();
     }
@@ -122,7 +138,8 @@ pub fn write(
                 snat_addr = %Ipv4Addr::from(wanted.snat_addr.to_ne_bytes()),
                 snat_ports = format!("{}-{}", wanted.snat_port_min, wanted.snat_port_max),
                 service_cidrs = ?service_cidrs,
-                socket_lb_host_namespace_only = socket_lb.host_namespace_only,
+                socket_lb_host_namespace_only = switches.socket_lb_host_namespace_only,
+                external_cluster_ip = switches.external_cluster_ip,
                 "datapath config written"
             )
         }
@@ -152,7 +169,7 @@ mod tests {
             ..Config::default()
         };
         let cidrs: Vec<Cidr> = vec!["10.96.0.0/12".parse().unwrap()];
-        let out = datapath_config(&config, &cidrs, PortRange::default(), SocketLbSettings::default());
+        let out = datapath_config(&config, &cidrs, PortRange::default(), Switches::default());
         assert_eq!(out.snat_addr, u32::from_ne_bytes([10, 100, 0, 11]));
         assert!(out.in_service_range(u32::from_ne_bytes([10, 96, 0, 10])));
         assert!(out.in_service_range(u32::from_ne_bytes([10, 111, 1, 1])));
@@ -162,14 +179,14 @@ mod tests {
 
     #[test]
     fn no_node_address_means_no_snat() {
-        assert_eq!(datapath_config(&Config::default(), &[], PortRange::default(), SocketLbSettings::default()).snat_addr, 0);
+        assert_eq!(datapath_config(&Config::default(), &[], PortRange::default(), Switches::default()).snat_addr, 0);
     }
 
     #[test]
     fn snat_port_range_flag() {
         let narrow: PortRange = "61000-61499".parse().unwrap();
         assert_eq!(narrow, PortRange { min: 61_000, max: 61_499 });
-        let out = datapath_config(&Config::default(), &[], narrow, SocketLbSettings::default());
+        let out = datapath_config(&Config::default(), &[], narrow, Switches::default());
         assert_eq!((out.snat_port_min, out.snat_port_max), (61_000, 61_499));
         assert_eq!(PortRange::default().to_string(), "61000-65535");
         for bad in ["61000", "65535-61000", "80-1000", "61000-70000", "a-b", ""] {

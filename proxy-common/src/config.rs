@@ -60,6 +60,11 @@ pub mod config_flags {
     /// or a sandboxed runtime sees the address the application dialled
     /// (Cilium's `socketLB.hostNamespaceOnly`).
     pub const SOCKET_LB_HOST_ONLY: u32 = 1 << 0;
+    /// ClusterIPs are served to traffic routed to the node from outside the
+    /// cluster too (kube-proxy does; Cilium only with
+    /// `bpf-lb-external-clusterip`), SNATed to the node like a NodePort
+    /// under `externalTrafficPolicy: Cluster`.
+    pub const EXTERNAL_CLUSTER_IP: u32 = 1 << 1;
 }
 
 impl DatapathConfig {

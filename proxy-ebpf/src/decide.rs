@@ -5,6 +5,7 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::error;
 use proxy_common::{
+    config::config_flags,
     conntrack::{ct_flags, flow_is_over},
     maps::{scope, service_flags},
     Backend, CtDirection, CtKey, CtValue, Verdict, IPPROTO_TCP,
@@ -57,10 +58,12 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
         return Decision::Rewrite(reverse(&entry));
     }
 
-    let Some(frontend) = lb4_lookup_service(flow, role) else {
+    let config = config();
+    let external_cluster_ip = config.flags & config_flags::EXTERNAL_CLUSTER_IP != 0;
+    let Some(frontend) = lb4_lookup_service(flow, role, external_cluster_ip) else {
         // An address of the service range that no Service holds (deleted, or
         // never allocated): refused at once, as kube-proxy does.
-        if role == Role::Pod && config().in_service_range(flow.daddr) {
+        if (role == Role::Pod || external_cluster_ip) && config.in_service_range(flow.daddr) {
             return Decision::Refuse;
         }
         return Decision::Pass(Verdict::NotService);

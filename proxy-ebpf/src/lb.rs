@@ -33,16 +33,16 @@ pub struct Frontend {
 }
 
 /// The frontend this packet is addressed to, if any, among those its role
-/// may use.
+/// may use. From outside, ClusterIPs only when `external_cluster_ip`.
 #[inline(always)]
-pub fn lb4_lookup_service(flow: &Flow, role: Role) -> Option<Frontend> {
+pub fn lb4_lookup_service(flow: &Flow, role: Role, external_cluster_ip: bool) -> Option<Frontend> {
     let mut key = ServiceKey {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
         scope: scope::CLUSTER_IP,
     };
-    if role == Role::Pod {
+    if role == Role::Pod || external_cluster_ip {
         if let Some(svc) = lb4_lookup(&key) {
             return Some(Frontend { svc, scope: key.scope });
         }

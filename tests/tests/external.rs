@@ -448,3 +448,29 @@ fn snat_ports_of_finished_udp_flows_are_reused() {
     assert_eq!(s.failed, 0, "{:?}", s.errors);
     assert_eq!(exhausted(), dropped, "ports were not given back");
 }
+
+/// ClusterIPs routed to a node from outside the cluster: not served by
+/// default (as Cilium; NodePorts, LoadBalancer IPs and externalIPs are for
+/// the outside), served and SNATed to the node with EXTERNAL_CLUSTER_IP
+/// (kube-proxy's behaviour).
+#[test]
+fn cluster_ips_from_outside_only_when_the_config_says_so() {
+    if !require_root("cluster_ips_from_outside_only_when_the_config_says_so") {
+        return;
+    }
+    let services = |lab: &Lab| vec![web(lab, "web", "10.96.1.10")];
+    let (lab, agents) = lab_with(services);
+    lab.route_via_node(&lab.client_ns, "10.96.0.0/16", 0).unwrap();
+    for proto in ["tcp", "udp"] {
+        let s = Summary::of(&lab.requests(&lab.client_ns, proto, "10.96.1.10:80", 3, 300).unwrap());
+        println!("{proto} from outside, default: {s:?}");
+        assert_eq!(s.failed, 3, "{proto}: a ClusterIP answered from outside: {s:?}");
+    }
+    drop(agents);
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with(n, &["--external-cluster-ip=true"]).unwrap()).collect();
+    for agent in &agents {
+        agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    }
+    let node1 = lab.node_ip(0).to_string();
+    check(&lab, &lab.client_ns, "10.96.1.10:80", &ALL_WEB, &node1);
+}

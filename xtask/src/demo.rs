@@ -18,7 +18,7 @@ const OUTSIDE: &str = "outside";
 /// (Service, frontend, protocols, clients) exercised; they match the manifests.
 const FRONTENDS: &[(&str, &str, &[&str], &[&str])] = &[
     ("default/web", "10.96.0.10:80", &["tcp", "udp"], POD_CLIENTS),
-    ("kube-system/dns", "10.96.0.53:53", &["udp", "tcp"], POD_CLIENTS),
+    ("kube-system/dns", "10.96.0.53:53", &["udp", "udp-connected", "tcp"], POD_CLIENTS),
     ("default/api", "10.96.0.20:443", &["tcp"], POD_CLIENTS),
     ("default/web", "10.100.0.11:30080", &["tcp", "udp"], &[OUTSIDE]),
     ("default/web", "10.100.0.12:30080", &["tcp", "udp"], &[OUTSIDE]),
@@ -44,7 +44,10 @@ pub fn run() -> anyhow::Result<()> {
         agent.wait_synced(1, std::time::Duration::from_secs(10))?;
     }
     lab.route_via_node(&lab.client_ns, "10.200.0.0/24", 0)?;
-    println!("agents synced on {} nodes; sending {REQUESTS} requests per row, each a new connection\n", agents.len());
+    println!(
+        "agents started on {} nodes as manifests/ starts them (the rendered DaemonSet's init container, then the agent's command, args and ConfigMap environment, with its three capabilities), synced; sending {REQUESTS} requests per row, each a new connection or socket\n",
+        agents.len()
+    );
 
     println!(
         "{:<16} {:<17} {:<9} {:<5} {:>6}  {:<26} {:<12} {:<17} {:>6} {:>6}",
@@ -66,7 +69,7 @@ pub fn run() -> anyhow::Result<()> {
                     service,
                     frontend,
                     from,
-                    proto.to_uppercase(),
+                    proto.to_uppercase().replace("UDP-CONNECTED", "UDP-C"),
                     format!("{}/{}", s.sent - s.failed, s.sent),
                     backends,
                     seen,
@@ -78,11 +81,12 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     println!("\nANSWERED BY: pod name each backend answered with; BACKEND SAW: the source address it saw;");
-    println!("REPLY FROM: the source of the replies the client got. api lists web-3 as not ready.");
+    println!("REPLY FROM: the source of the replies the client got. api lists web-3 as not ready. UDP-C: a connected UDP socket.");
     println!("From outside, web's NodePort and LoadBalancer traffic is SNATed to the node it entered (externalTrafficPolicy: Cluster).");
     let refused = refusals(&lab)?;
     all_ok &= refused;
     println!("\nnode-1 `proxy-agent list services`:\n{}", lab.agent_command(0, &["list", "services"])?);
+    println!("node-1 `proxy-agent list attachments` (the node's root cgroup, its eth0, each pod's veth):\n{}", lab.agent_command(0, &["list", "attachments"])?);
     for (n, node) in lab.nodes.iter().enumerate() {
         let counters = lab.agent_command(n, &["counters"])?;
         let line = counters.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join("=")).collect::<Vec<_>>().join(" ");

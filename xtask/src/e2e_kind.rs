@@ -1,8 +1,12 @@
 //! `cargo xtask e2e-kind`: the agent in a real cluster. Creates a kind cluster
-//! without kube-proxy, loads the image, installs `manifests/`, deploys
-//! `manifests/e2e/workloads.yaml` and checks ClusterIP, NodePort,
-//! LoadBalancer (with its healthCheckNodePort) and an endpoint change from a
-//! client container on kind's network, then deletes the cluster.
+//! without kube-proxy, loads the image, installs `manifests/` as they are,
+//! deploys `manifests/e2e/workloads.yaml`, and checks from real pods: a
+//! ClusterIP, a Service name resolved through CoreDNS (itself behind a
+//! ClusterIP), another node's NodePort, a pod created after the agent, an
+//! endpoint change; and from a client container on kind's network, outside
+//! every node: NodePort on every node, a LoadBalancer address with its
+//! healthCheckNodePort per node, and a ClusterIP not served from outside
+//! (the agent's default, as Cilium's). Then it deletes the cluster.
 //!
 //! It needs a container engine and the internet (kind's node image, the
 //! agnhost test image); where either is missing it says so and exits with
@@ -66,7 +70,25 @@ pub fn run_e2e() -> anyhow::Result<()> {
 
     let all: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
     let clusterip = format!("http://{CLUSTER_IP}/hostname");
-    check("ClusterIP", &cluster.answered_by(&clusterip)?, &all)?;
+    // From pods, created after the agent was installed: one on each worker.
+    let workers: Vec<&Node> = nodes.iter().filter(|n| n.name.contains("worker")).collect();
+    ensure!(workers.len() == 2, "want two workers, have {workers:?}");
+    for (client, node) in [("client-1", workers[0]), ("client-2", workers[1])] {
+        cluster.start_client_pod(client, &node.name)?;
+        check(&format!("ClusterIP from pod {client} on {}", node.name), &cluster.pod_answered_by(client, &clusterip)?, &all)?;
+        // By name: resolved by CoreDNS, which the pod reaches through the
+        // kube-dns ClusterIP, like every other pod's resolver.
+        let by_name = "http://echo.e2e.svc.cluster.local/hostname";
+        check(&format!("Service name through CoreDNS from pod {client}"), &cluster.pod_answered_by(client, by_name)?, &all)?;
+        let other = if node.name == workers[0].name { workers[1] } else { workers[0] };
+        let nodeport = format!("http://{}:{NODE_PORT}/hostname", other.ip);
+        check(&format!("NodePort of {} from pod {client}", other.name), &cluster.pod_answered_by(client, &nodeport)?, &all)?;
+    }
+    // From outside the cluster, a ClusterIP is not served (see the
+    // ConfigMap's EXTERNAL_CLUSTER_IP).
+    let outside = cluster.answered_by_n(&clusterip, 3)?;
+    ensure!(outside.iter().all(String::is_empty), "a ClusterIP answered from outside the cluster: {outside:?}");
+    println!("e2e-kind: ok  ClusterIP from outside the cluster: not served ({} requests)", outside.len());
     for node in &nodes {
         let nodeport = format!("http://{}:{NODE_PORT}/hostname", node.ip);
         check(&format!("NodePort on {}", node.name), &cluster.answered_by(&nodeport)?, &all)?;
@@ -88,7 +110,7 @@ pub fn run_e2e() -> anyhow::Result<()> {
     let changed = Instant::now();
     loop {
         let left = cluster.echo_pods()?;
-        let last = cluster.answered_by(&clusterip)?;
+        let last = cluster.pod_answered_by("client-1", &clusterip)?;
         let answered: BTreeSet<String> = last.iter().cloned().collect();
         if left.len() == 1 && answered == BTreeSet::from([left[0].name.clone()]) {
             println!("e2e-kind: ok  endpoint change: only {} answers {} ms after scaling down", left[0].name, changed.elapsed().as_millis());
@@ -198,9 +220,31 @@ impl Cluster {
         Ok(())
     }
 
+    /// A client pod on `node` (agnhost has curl and a shell), ready.
+    fn start_client_pod(&self, name: &str, node: &str) -> anyhow::Result<()> {
+        let overrides = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
+        self.kubectl(&[
+            "-n", "e2e", "run", name, "--image=registry.k8s.io/e2e-test-images/agnhost:2.53", "--restart=Never",
+            &format!("--overrides={overrides}"), "--", "pause",
+        ])?;
+        self.kubectl(&["-n", "e2e", "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=120s"])?;
+        Ok(())
+    }
+
+    /// Like `answered_by`, from inside pod `client`.
+    fn pod_answered_by(&self, client: &str, url: &str) -> anyhow::Result<Vec<String>> {
+        let script = format!("for i in $(seq {REQUESTS}); do curl -s --max-time 2 {url}; echo; done");
+        let out = self.kubectl(&["-n", "e2e", "exec", client, "--", "sh", "-c", &script])?;
+        Ok(out.lines().map(|l| l.trim().to_string()).collect())
+    }
+
     /// What each of `REQUESTS` new connections answered; empty when one failed.
     fn answered_by(&self, url: &str) -> anyhow::Result<Vec<String>> {
-        let script = format!("for i in $(seq {REQUESTS}); do curl -s --max-time 2 {url}; echo; done");
+        self.answered_by_n(url, REQUESTS)
+    }
+
+    fn answered_by_n(&self, url: &str, requests: u32) -> anyhow::Result<Vec<String>> {
+        let script = format!("for i in $(seq {requests}); do curl -s --max-time 2 {url}; echo; done");
         let out = run("docker", &["exec", CLIENT, "sh", "-c", &script])?;
         Ok(out.lines().map(|l| l.trim().to_string()).collect())
     }
