@@ -1,13 +1,15 @@
 //! ClusterIP with real packets: a client pod dials a ClusterIP in the lab and
-//! the tc program on its node translates to pods on both nodes.
+//! its node's agent translates to pods on both nodes: at the socket
+//! (default) or per packet on the pod's device (host-namespace-only mode,
+//! and what conntrack's own tests use).
 //! Needs root; run with `cargo xtask test`.
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use common::{binaries, counter, SYNC_TIMEOUT};
-use proxy_lab::cmd::{in_ns, sysctl};
+use common::{binaries, counter, HOST_ONLY, SYNC_TIMEOUT};
+use proxy_lab::cmd::sysctl;
 use proxy_lab::manifests::service;
 use proxy_lab::privilege::require_root;
 use proxy_lab::{Lab, Summary};
@@ -16,19 +18,27 @@ const WEB_IP: &str = "10.96.0.10";
 const WEB_PORT: u16 = 80;
 
 /// A lab with backends in web-1 (node 1), web-2 and web-3 (node 2), the `web`
-/// Service on all three, and node 1's agent synced.
-fn web_lab() -> (Lab, proxy_lab::Agent) {
+/// Service on all three, and node 1's agent (with `flags`) synced.
+fn web_lab(flags: &[&str]) -> (Lab, proxy_lab::Agent) {
     let lab = Lab::up(binaries()).expect("lab up");
     lab.start_backends(&["web-1", "web-2", "web-3"]).expect("backends");
     let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
     lab.write_manifest("web.yaml", &service("web", WEB_IP, WEB_PORT, &eps)).unwrap();
-    let agent = lab.start_agent(0).expect("agent");
+    let agent = lab.start_agent_with(0, flags).expect("agent");
     agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
     (lab, agent)
 }
 
+/// In both modes: the socket hooks (default) and per packet.
 fn assert_reaches_every_backend(proto: &str) {
-    let (lab, _agent) = web_lab();
+    for flags in [&[][..], &[HOST_ONLY]] {
+        println!("{proto}, agent flags {flags:?}");
+        assert_reaches_every_backend_with(proto, flags);
+    }
+}
+
+fn assert_reaches_every_backend_with(proto: &str, flags: &[&str]) {
+    let (lab, _agent) = web_lab(flags);
     let client = lab.pod("client-a");
     let target = format!("{WEB_IP}:{WEB_PORT}");
     let replies = lab.requests(&client.ns, proto, &target, 60, 1000).unwrap();
@@ -110,13 +120,13 @@ fn service_without_usable_endpoint_is_counted_as_no_backend() {
 }
 
 /// Every packet of a flow goes to the backend its first packet went to:
-/// conntrack, not a new random pick per packet.
+/// conntrack, not a new random pick per packet (pods served per packet).
 #[test]
 fn each_flow_sticks_to_one_backend() {
     if !require_root("each_flow_sticks_to_one_backend") {
         return;
     }
-    let (lab, _agent) = web_lab();
+    let (lab, _agent) = web_lab(&[HOST_ONLY]);
     let client = lab.pod("client-a");
     let target = format!("{WEB_IP}:{WEB_PORT}");
     let mut first_backends = BTreeSet::new();
@@ -140,7 +150,8 @@ fn each_flow_sticks_to_one_backend() {
 /// same one, and so may the backend: the new connection must get its own
 /// translation both ways (a SYN on a closed flow's entry is a new flow; a
 /// reply tuple taken over by another flow is reclaimed). Before that, every
-/// round after the first lost connections to timeouts.
+/// round after the first lost connections to timeouts. Pods are served per
+/// packet here: the socket hooks would never let a packet carry a ClusterIP.
 #[test]
 fn connections_on_reused_client_ports_are_never_misrouted() {
     if !require_root("connections_on_reused_client_ports_are_never_misrouted") {
@@ -151,7 +162,7 @@ fn connections_on_reused_client_ports_are_never_misrouted() {
     let eps = [(lab.pod("web-2").ip, true), (lab.pod("web-3").ip, true)];
     let services: Vec<String> = (0..20).map(|i| service(&format!("s{i}"), &format!("10.96.0.{}", 100 + i), 80, &eps)).collect();
     lab.write_manifest("shared.yaml", &services.join("---\n")).unwrap();
-    let agent = lab.start_agent(0).unwrap();
+    let agent = lab.start_agent_with(0, &[HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let client = lab.pod("client-a").ns.clone();
     sysctl(&client, "net.ipv4.tcp_tw_reuse", "1").unwrap();
@@ -160,7 +171,9 @@ fn connections_on_reused_client_ports_are_never_misrouted() {
     let all = all.join(",");
     for round in 0..6 {
         let targets = if round % 2 == 0 { "10.96.0.119:80" } else { all.as_str() };
-        let out = in_ns(&client, &[env!("CARGO_BIN_EXE_bench-client"), "connect", targets, "1500", "1000"]).unwrap();
+        let out = lab.command_in(&client, env!("CARGO_BIN_EXE_bench-client")).unwrap().args(["connect", targets, "1500", "1000"]).output().unwrap();
+        assert!(out.status.success(), "bench-client: {}", String::from_utf8_lossy(&out.stderr));
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
         println!("round {round}: {}", out.trim());
         let field = |key: &str| out.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_default().to_string();
         assert_eq!(field("err="), "0", "round {round}: {out}");

@@ -92,14 +92,16 @@ fn a_pods_udp_flow_moves_when_its_endpoint_leaves() {
 /// still be finishing its requests (a readiness probe failing under load, a
 /// rolling update's graceful shutdown). New connections go to the live
 /// endpoint only. Both when the endpoint turns not ready and when it is
-/// removed from the slice outright.
+/// removed from the slice outright. Pods served per packet, where
+/// conntrack decides it (a socket the hooks connected talks to its backend
+/// directly, whatever the maps say later).
 #[test]
 fn an_established_tcp_connection_outlives_its_endpoint_leaving() {
     if !require_root("an_established_tcp_connection_outlives_its_endpoint_leaving") {
         return;
     }
     let lab = lab_with_web(&["web-2"]);
-    let agent = lab.start_agent(0).unwrap();
+    let agent = lab.start_agent_with(0, &[common::HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let (web2, web3) = (lab.pod("web-2").ip, lab.pod("web-3").ip);
     let leavings: [(&str, Vec<(std::net::Ipv4Addr, bool)>); 2] =

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binaries, counter, http_get, sample, SYNC_TIMEOUT};
+use common::{binaries, counter, http_get, sample, HOST_ONLY, SYNC_TIMEOUT};
 use proxy_lab::cmd::{in_ns, sysctl};
 use proxy_lab::lab::wait_until;
 use proxy_lab::manifests::service;
@@ -29,10 +29,6 @@ spec:
   ports:
   - {port: 80, protocol: TCP, targetPort: 8080}
 "#;
-
-/// Socket-level load balancing for host processes only: pods' flows go per
-/// packet through the tc programs and conntrack.
-const HOST_ONLY: &str = "--socket-lb-host-namespace-only=true";
 
 #[test]
 fn metrics_and_probes_match_the_traffic_sent() {

@@ -7,6 +7,11 @@ use proxy_lab::{Binaries, Summary};
 
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Socket-level load balancing for host processes only: pods' flows go per
+/// packet through the tc programs on their devices and conntrack (the
+/// DaemonSet's SOCKET_LB_HOST_NAMESPACE_ONLY).
+pub const HOST_ONLY: &str = "--socket-lb-host-namespace-only=true";
+
 pub fn binaries() -> Binaries {
     // proxy-agent belongs to another package of the workspace: it sits next
     // to this package's binaries in the target directory, unless

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proxy_lab::cmd::in_ns;
 
 use super::lab_setup::BenchLab;
 
@@ -28,11 +27,17 @@ fn number(f: &BTreeMap<String, String>, key: &str) -> f64 {
     f.get(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
+/// `bench-client` in namespace `ns`, in its pod's cgroup when it is a pod's
+/// (so the agent's socket hooks see it, as they see every pod's sockets).
 fn run(lab: &BenchLab, ns: &str, args: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
-    let client = lab.client.to_string_lossy().into_owned();
-    let mut argv = vec![client.as_str()];
-    argv.extend_from_slice(args);
-    Ok(fields(&in_ns(ns, &argv)?))
+    let out = lab.lab.command_in(ns, &lab.client)?.args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench-client {} in {ns} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(fields(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Requests per second of a closed loop (`connect` or `udp`).
