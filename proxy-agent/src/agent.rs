@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attacher::Attacher;
+use crate::attacher::{Attacher, Xdp};
 use crate::attachments::{self, DeviceSelection, NamePattern};
 use crate::conntrack_gc;
 use crate::datapath::{self, PinLayout, PinnedMaps};
@@ -98,9 +98,14 @@ pub struct RunArgs {
     #[arg(long = "node-ip")]
     node_ips: Vec<std::net::Ipv4Addr>,
     /// Also attach the XDP fast path for NodePort, LoadBalancer and external
-    /// IP traffic to the `--device` devices.
+    /// IP traffic to the `--device` devices that are NICs (not veths).
     #[arg(long)]
     xdp: bool,
+    /// With `--xdp`, attach it to veth devices too. Only where every frame a
+    /// veth receives has a complete checksum (its peer's transmit checksum
+    /// offload off): XDP cannot see a partial one, and would break it.
+    #[arg(long, requires = "xdp")]
+    xdp_on_veth: bool,
     /// Seconds between passes that delete the conntrack entries of flows
     /// that are over; 0 leaves them to the map's LRU eviction.
     #[arg(long, default_value_t = 10)]
@@ -173,7 +178,11 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             pod_patterns: args.pod_device_patterns.clone(),
         },
         cgroup_root,
-        args.xdp,
+        match (args.xdp, args.xdp_on_veth) {
+            (false, _) => Xdp::Off,
+            (true, false) => Xdp::On,
+            (true, true) => Xdp::OnVethsToo,
+        },
     );
     // Subscribed now, handled once the first sync is in the maps.
     let mut link_events = datapath::links::watch();

@@ -14,9 +14,20 @@ use crate::datapath::links::{LinkEvent, RouteLookup};
 use crate::datapath::{self, DeviceRole, PinLayout};
 use crate::telemetry::{metrics::AttachFigures, Telemetry};
 
+/// The XDP fast path on the node's devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Xdp {
+    Off,
+    /// On NICs; not on veths (a kind node's eth0), see `attach`.
+    On,
+    /// On veths too (`--xdp-on-veth`): for veths whose peers send complete
+    /// checksums, as a test bench whose veths stand for NICs.
+    OnVethsToo,
+}
+
 pub struct Attacher {
     layout: PinLayout,
-    xdp: bool,
+    xdp: Xdp,
     /// The node's root cgroup (v2) for the socket hooks; `None`: off.
     cgroup_root: Option<PathBuf>,
     state: Attachments,
@@ -27,7 +38,7 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    pub fn new(layout: PinLayout, selection: DeviceSelection, cgroup_root: Option<PathBuf>, xdp: bool) -> Self {
+    pub fn new(layout: PinLayout, selection: DeviceSelection, cgroup_root: Option<PathBuf>, xdp: Xdp) -> Self {
         Attacher {
             layout,
             xdp,
@@ -75,7 +86,7 @@ impl Attacher {
                 self.state.set_socket_lb(SocketLb::Failed { cgroup, error: format!("{error:#}") });
             }
         }
-        if !self.xdp {
+        if self.xdp == Xdp::Off {
             if let Err(error) = datapath::detach_xdp(&self.layout) {
                 tracing::warn!(%error, "removing XDP links of an earlier agent");
             }
@@ -136,7 +147,19 @@ impl Attacher {
 
     fn attach(&mut self, ebpf: &mut aya::Ebpf, link: &Link, role: DeviceRole) {
         let started = Instant::now();
-        let result = datapath::attach_device(ebpf, &self.layout, &link.name, role, self.xdp);
+        let xdp = match self.xdp {
+            Xdp::Off => false,
+            Xdp::OnVethsToo => true,
+            Xdp::On if link.veth && role == DeviceRole::External => {
+                tracing::warn!(
+                    device = link.name,
+                    "XDP not attached: the device is a veth, whose frames may carry checksums its peer left for offload (CHECKSUM_PARTIAL), which XDP cannot see and its rewrite would break; tc serves it. XDP is for NICs (--xdp-on-veth for veths whose peers send complete checksums)"
+                );
+                false
+            }
+            Xdp::On => true,
+        };
+        let result = datapath::attach_device(ebpf, &self.layout, &link.name, role, xdp);
         match &result {
             Ok(()) => tracing::info!(
                 device = link.name,

@@ -82,6 +82,8 @@ pub struct Link {
     pub name: String,
     /// The bridge (or bond) it is a port of, by index.
     pub master: Option<u32>,
+    /// A veth (rtnetlink's link kind).
+    pub veth: bool,
 }
 
 /// What the agent should do about a link that appeared or changed.
@@ -217,7 +219,7 @@ impl Attachments {
             .iter()
             .filter(|(_, d)| d.failure.is_some())
             .map(|(index, d)| {
-                let link = self.links.get(index).cloned().unwrap_or(Link { index: *index, name: d.name.clone(), master: None });
+                let link = self.links.get(index).cloned().unwrap_or(Link { index: *index, name: d.name.clone(), master: None, veth: false });
                 (link, d.role)
             })
             .collect()
@@ -317,7 +319,7 @@ mod tests {
     }
 
     fn link(index: u32, name: &str) -> Link {
-        Link { index, name: name.into(), master: None }
+        Link { index, name: name.into(), master: None, veth: false }
     }
 
     #[test]

@@ -28,14 +28,22 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
 /// The route for `saddr -> daddr` of `flow`, entering on `ifindex`: the
 /// egress device and, unless `flags` skips it, the next hop's and this
 /// device's MAC addresses. `None` when the table has no forwarding answer (a
-/// local destination, forwarding off, or with neighbours asked for, one not
-/// resolved yet). `ctx` is the program's context (skb or XDP frame).
+/// local destination, forwarding off, with neighbours asked for, one not
+/// resolved yet, or a packet too big for the egress device). `ctx` is the
+/// program's context (skb or XDP frame).
+///
+/// `tot_len` is the packet's length to check against the egress device's
+/// MTU, or 0 to let the kernel check the skb itself: for an skb it must be
+/// 0, because a GSO packet (TSO or GRO, up to 64 KB) is longer than any
+/// MTU while each of the segments it will be cut into fits, and only the
+/// kernel's own check (`is_skb_forwardable`) knows that. An XDP frame is
+/// never segmented; its length is what goes on the wire.
 #[inline(always)]
-pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr: u32, flags: u32) -> Option<FibParams> {
+pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr: u32, tot_len: u16, flags: u32) -> Option<FibParams> {
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = flow.proto;
-    params.__bindgen_anon_1.tot_len = flow.tot_len;
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
@@ -50,7 +58,7 @@ pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr
 #[inline(always)]
 pub fn fib_redirect(ctx: &TcContext, flow: &Flow, saddr: u32, daddr: u32) -> i32 {
     // The kernel fills in the L2 header itself (redirect_neigh).
-    match fib_lookup(ctx.skb.skb as *mut c_void, ifindex(ctx), flow, saddr, daddr, BPF_FIB_LOOKUP_SKIP_NEIGH) {
+    match fib_lookup(ctx.skb.skb as *mut c_void, ifindex(ctx), flow, saddr, daddr, 0, BPF_FIB_LOOKUP_SKIP_NEIGH) {
         Some(params) => unsafe { bpf_redirect_neigh(params.ifindex, null_mut(), 0, 0) as i32 },
         None => TC_ACT_UNSPEC,
     }

@@ -105,6 +105,7 @@ pub struct Lab {
     pub client_ns: String,
     pub control_plane_ns: String,
     switch_ns: String,
+    offloads: Offloads,
     pub(crate) binaries: Binaries,
     children: Mutex<Vec<(String, Child)>>,
 }
@@ -123,6 +124,12 @@ impl Lab {
     }
 
     pub fn with_pods(binaries: Binaries, pods: &[(&str, usize)]) -> anyhow::Result<Lab> {
+        Self::with_options(binaries, pods, Offloads::KERNEL_DEFAULTS)
+    }
+
+    /// A lab whose veths keep or lose their transmit offloads (see
+    /// `Offloads`).
+    pub fn with_options(binaries: Binaries, pods: &[(&str, usize)], offloads: Offloads) -> anyhow::Result<Lab> {
         binaries.check()?;
         remove_stale_labs();
         let id = format!("{PREFIX}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
@@ -136,6 +143,7 @@ impl Lab {
             client_ns: format!("{id}-client"),
             control_plane_ns: format!("{id}-cp"),
             switch_ns: format!("{id}-sw"),
+            offloads,
             id,
             binaries,
             children: Mutex::new(Vec::new()),
@@ -200,7 +208,10 @@ impl Lab {
         ip(&self.switch_ns, &["link", "set", &port, "master", "br0", "up"])?;
         ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ip(ns, &["link", "set", "eth0", "up"])?;
-        no_checksum_offload(ns, "eth0")?;
+        if !self.offloads.underlay {
+            no_checksum_offload(ns, "eth0")?;
+            no_checksum_offload(&self.switch_ns, &port)?;
+        }
         Ok(())
     }
 
@@ -222,8 +233,10 @@ impl Lab {
         ip(&ns, &["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
         ip(&node_ref.ns, &["link", "set", &host_if, "up"])?;
         ip(&node_ref.ns, &["route", "add", &format!("{pod_ip}/32"), "dev", &host_if])?;
-        no_checksum_offload(&ns, "eth0")?;
-        no_checksum_offload(&node_ref.ns, &host_if)?;
+        if !self.offloads.pods {
+            no_checksum_offload(&ns, "eth0")?;
+            no_checksum_offload(&node_ref.ns, &host_if)?;
+        }
         let cgroup = node::pod_cgroup(&node_ref.cgroup);
         std::fs::create_dir_all(&cgroup)?;
         self.pods.push(Pod {
@@ -572,6 +585,31 @@ impl Lab {
     }
 }
 
+/// Transmit offloads (checksum, and with it TSO and GSO) of the lab's veths.
+/// On, the kernel's default: packets cross veths with checksums left
+/// partial (the receiver trusts them) and large packets unsegmented, as
+/// between a kind node's containers. Off, each veth computes full checksums
+/// and segments before sending, so the receiver verifies every checksum: a
+/// wrong incremental update in the datapath shows up as a lost packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offloads {
+    /// The nodes', clients' and switch's underlay devices. Off, the
+    /// underlay behaves as a wire between NICs: every frame on it is MTU
+    /// sized with a complete checksum, as NICs send and receive them.
+    pub underlay: bool,
+    /// The pods' veths (both ends).
+    pub pods: bool,
+}
+
+impl Offloads {
+    pub const KERNEL_DEFAULTS: Offloads = Offloads { underlay: true, pods: true };
+    /// Every checksum computed and verified: for checking the datapath's
+    /// checksum arithmetic.
+    pub const NONE: Offloads = Offloads { underlay: false, pods: false };
+    /// Pods as on any node, the underlay as a wire between physical NICs.
+    pub const NIC_UNDERLAY: Offloads = Offloads { underlay: false, pods: true };
+}
+
 /// Where an agent reads Services from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AgentSource {
@@ -723,7 +761,7 @@ fn add_ns(ns: &str) -> anyhow::Result<()> {
 
 /// With transmit checksum offload off, veth packets carry real checksums that
 /// the receiver verifies, so a wrong incremental update in the datapath shows
-/// up as a lost packet instead of being papered over.
+/// up as a lost packet instead of being papered over (see `with_options`).
 fn no_checksum_offload(ns: &str, dev: &str) -> anyhow::Result<()> {
     in_ns(ns, &["ethtool", "-K", dev, "tx", "off"]).map(|_| ())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
@@ -85,10 +85,15 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
         LinkAttribute::Controller(index) => Some(*index),
         _ => None,
     });
+    let veth = msg.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    });
     Some(Link {
         index: msg.header.index,
         name,
         master,
+        veth,
     })
 }
 

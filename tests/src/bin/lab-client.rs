@@ -10,7 +10,7 @@
 //! `err REASON MICROS AT_MS` (AT_MS: when the request started, Unix time in
 //! milliseconds). Bounded in count and time: every request has a timeout.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,13 @@ fn main() -> anyhow::Result<()> {
             "udp" => udp_request(target, timeout),
             "udp-connected" => udp_connected_request(target, timeout),
             "tcp-keep" | "udp-keep" | "udp-connected-keep" => keep_request(&mut flow, proto, target, timeout),
-            other => anyhow::bail!("unknown protocol {other}"),
+            other => match other.split_once('=') {
+                // A bulk transfer of BYTES on a new connection, each read
+                // or write bounded by the timeout.
+                Some(("tcp-download", bytes)) => bulk(target, timeout, true, bytes.parse()?),
+                Some(("tcp-upload", bytes)) => bulk(target, timeout, false, bytes.parse()?),
+                _ => anyhow::bail!("unknown protocol {other}"),
+            },
         };
         let micros = started.elapsed().as_micros();
         match result {
@@ -55,6 +61,48 @@ fn tcp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String,
     let from = stream.peer_addr()?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
+    anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
+    Ok((line, from))
+}
+
+/// `download=N`: the backend's answer line, then N bytes from it;
+/// `upload=N`: N bytes to it, then its answer. The whole transfer must end
+/// within the timeout: a stalled one (a trickle of retransmissions) fails
+/// instead of crawling on.
+fn bulk(target: SocketAddr, timeout: Duration, download: bool, bytes: u64) -> anyhow::Result<(String, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    let left_time = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let stream = TcpStream::connect_timeout(&target, timeout)?;
+    let from = stream.peer_addr()?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut chunk = vec![b'y'; 64 * 1024];
+    let mut left = bytes;
+    if download {
+        writer.write_all(format!("download {bytes}\n").as_bytes())?;
+        reader.get_ref().set_read_timeout(Some(left_time()))?;
+        reader.read_line(&mut line)?;
+        while left > 0 {
+            reader.get_ref().set_read_timeout(Some(left_time()))?;
+            let want = left.min(chunk.len() as u64) as usize;
+            let n = reader.read(&mut chunk[..want])?;
+            anyhow::ensure!(n > 0, "downloaded {} of {bytes} bytes", bytes - left);
+            left -= n as u64;
+            anyhow::ensure!(Instant::now() < deadline, "stalled: {} of {bytes} bytes in {timeout:?}", bytes - left);
+        }
+    } else {
+        writer.write_all(format!("upload {bytes}\n").as_bytes())?;
+        while left > 0 {
+            writer.set_write_timeout(Some(left_time()))?;
+            let n = left.min(chunk.len() as u64) as usize;
+            writer.write_all(&chunk[..n])?;
+            left -= n as u64;
+            anyhow::ensure!(Instant::now() < deadline, "stalled: {} of {bytes} bytes in {timeout:?}", bytes - left);
+        }
+        reader.get_ref().set_read_timeout(Some(left_time()))?;
+        reader.read_line(&mut line)?;
+    }
     anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
     Ok((line, from))
 }
