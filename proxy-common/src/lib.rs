@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod csum;
 pub mod maps;
+pub mod ratelimit;
 pub mod reject;
 pub mod select;
 pub mod sock;
@@ -39,4 +40,5 @@ mod pod {
     unsafe impl aya::Pod for crate::SourceRange {}
     unsafe impl aya::Pod for crate::maps::AffinityKey {}
     unsafe impl aya::Pod for crate::maps::AffinityValue {}
+    unsafe impl aya::Pod for crate::ratelimit::RefusalBucket {}
 }

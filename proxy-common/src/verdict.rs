@@ -27,11 +27,14 @@ pub enum Verdict {
     XdpTranslated = 8,
     /// A reply translated back by the XDP program and sent on.
     XdpReverseTranslated = 9,
+    /// A refusal (ICMP port unreachable) not sent: the client had its
+    /// share for now (see `ratelimit`). The datagram is dropped.
+    RefusalRateLimited = 10,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 10;
-    pub const ALL: [Verdict; 10] = [
+    pub const COUNT: u32 = 11;
+    pub const ALL: [Verdict; 11] = [
         Verdict::Translated,
         Verdict::ReverseTranslated,
         Verdict::NotService,
@@ -42,6 +45,7 @@ impl Verdict {
         Verdict::SnatExhausted,
         Verdict::XdpTranslated,
         Verdict::XdpReverseTranslated,
+        Verdict::RefusalRateLimited,
     ];
 
     pub const fn index(self) -> u32 {
@@ -60,6 +64,7 @@ impl Verdict {
             Verdict::SnatExhausted => "snat_exhausted",
             Verdict::XdpTranslated => "xdp_translated",
             Verdict::XdpReverseTranslated => "xdp_reverse_translated",
+            Verdict::RefusalRateLimited => "refusal_rate_limited",
         }
     }
 }

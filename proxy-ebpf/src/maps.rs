@@ -62,3 +62,9 @@ pub static SOCK_REV_NAT: LruHashMap<proxy_common::sock::SockRevNatKey, proxy_com
 #[map(name = "SOCK_FLOWS")]
 pub static SOCK_FLOWS: LruHashMap<proxy_common::sock::SockFlowKey, proxy_common::sock::SockFlowValue> =
     LruHashMap::pinned(proxy_common::sock::MAX_SOCK_FLOWS, 0);
+
+/// Refusals sent per client, for rate-limiting them (see
+/// `proxy_common::ratelimit`).
+#[map(name = "REFUSALS")]
+pub static REFUSALS: LruHashMap<u32, proxy_common::ratelimit::RefusalBucket> =
+    LruHashMap::pinned(proxy_common::ratelimit::MAX_REFUSAL_CLIENTS, 0);

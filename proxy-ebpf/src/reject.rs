@@ -1,27 +1,53 @@
 //! Refusing a flow the way kube-proxy's REJECT does: the packet is turned
 //! into a TCP reset or an ICMP port unreachable (built by
 //! `proxy_common::reject`) and sent back out of the device it came in on.
+//! Port unreachables are rate-limited per client as the kernel limits its
+//! ICMP errors; resets are not, as netfilter's REJECT does not limit them
+//! (a client's connect would otherwise hang for a SYN retransmission).
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use proxy_common::{
+    ratelimit::RefusalBucket,
     reject::{icmp_port_unreachable, tcp_reset, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, TCP_HLEN, TCP_RESET_LEN},
-    IPPROTO_TCP,
+    Verdict, IPPROTO_TCP,
 };
 
 use crate::fib::ifindex;
+use crate::maps::REFUSALS;
 use crate::packet::{Flow, ETH_HLEN};
 
-/// The tc action that sends the refusal, or drops the packet when no
-/// refusal is due (it is a reset itself, or its header has options).
+/// The verdict and tc action for a packet to refuse: the refusal sent, or
+/// the packet dropped when no refusal is due (it is a reset itself, its
+/// header has options, or its client is over its ICMP rate).
 #[inline(always)]
-pub fn reject(ctx: &TcContext, flow: &Flow) -> i32 {
+pub fn reject(ctx: &TcContext, flow: &Flow) -> (Verdict, i32) {
+    if flow.proto != IPPROTO_TCP && !icmp_allowed(flow.saddr) {
+        return (Verdict::RefusalRateLimited, TC_ACT_SHOT);
+    }
     match answer(ctx, flow) {
-        Ok(true) => unsafe { bpf_redirect(ifindex(ctx), 0) as i32 },
-        _ => TC_ACT_SHOT,
+        Ok(true) => (Verdict::NoBackend, unsafe { bpf_redirect(ifindex(ctx), 0) as i32 }),
+        _ => (Verdict::NoBackend, TC_ACT_SHOT),
+    }
+}
+
+/// Takes a refusal from `client`'s bucket; false when it has none left.
+#[inline(always)]
+fn icmp_allowed(client: u32) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    match REFUSALS.get_ptr_mut(&client) {
+        // SAFETY: the map's value for this key, valid for this program run.
+        Some(bucket) => unsafe { (*bucket).allow(now) },
+        None => {
+            let mut bucket = RefusalBucket::full(now);
+            let allowed = bucket.allow(now);
+            // Best effort: a failed insert only gives the next one a burst.
+            let _ = REFUSALS.insert(&client, &bucket, 0);
+            allowed
+        }
     }
 }
 

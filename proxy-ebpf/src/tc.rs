@@ -30,7 +30,7 @@ pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
         Ok(Parsed::Flow(flow)) => match decide(ctx, &flow, role) {
             Decision::Pass(verdict) => (verdict, TC_ACT_UNSPEC),
             Decision::Drop(verdict) => (verdict, TC_ACT_SHOT),
-            Decision::Refuse => (Verdict::NoBackend, reject(ctx, &flow)),
+            Decision::Refuse => reject(ctx, &flow),
             Decision::Rewrite(rw) => apply(ctx, &flow, &rw),
         },
         Ok(Parsed::Other) => (Verdict::NotService, TC_ACT_UNSPEC),

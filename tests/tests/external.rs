@@ -253,6 +253,40 @@ fn hairpin_in_host_namespace_only_mode_is_masqueraded_as_the_frontend() {
     check_protos(&lab, &web1.ns, &format!("{node1}:30084"), &all, &["web-1"], &node1);
 }
 
+/// A client sending datagram after datagram to a Service without endpoints
+/// gets port unreachables at the kernel's own rate for ICMP errors (a burst
+/// of 6, then one a second), not one per datagram: they cost the node as
+/// much as the datagrams, and a spoofed flood would turn them on a victim.
+/// The rest are dropped and counted; resets are not limited (netfilter's
+/// REJECT does not limit them either).
+#[test]
+fn port_unreachables_are_rate_limited_per_client() {
+    if !require_root("port_unreachables_are_rate_limited_per_client") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|_| {
+        let mut empty = ServiceSpec::new("empty", "10.96.1.50", 80);
+        empty.node_port = Some(30090);
+        vec![empty]
+    });
+    let target = format!("{}:30090", lab.node_ip(0));
+    let started = Instant::now();
+    let replies = lab.requests(&lab.client_ns, "udp-connected", &target, 500, 3).unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let s = Summary::of(&replies);
+    let refused: usize = s.errors.iter().filter(|(e, _)| e.to_lowercase().contains("refused")).map(|(_, n)| n).sum();
+    let c = counters(&lab, 0);
+    let limited = counter(&c, "refusal_rate_limited");
+    println!("500 datagrams in {seconds:.1} s: {refused} refused, {limited} dropped by the rate limit; {:?}", s.errors);
+    assert_eq!(s.failed, 500, "{s:?}");
+    assert!(refused >= 6 && refused as f64 <= 7.0 + seconds, "{refused} refusals in {seconds:.1} s");
+    assert_eq!(limited as usize + refused, 500, "{c}");
+    assert_eq!(counter(&c, "no_backend") as usize, refused, "{c}");
+    // Resets are not limited.
+    let s = Summary::of(&lab.requests(&lab.client_ns, "tcp", &target, 20, 1000).unwrap());
+    assert_eq!(s.errors.iter().filter(|(e, _)| e.to_lowercase().contains("refused")).map(|(_, n)| n).sum::<usize>(), 20, "{s:?}");
+}
+
 #[test]
 fn no_endpoint_and_unallocated_addresses_are_refused_at_once() {
     if !require_root("no_endpoint_and_unallocated_addresses_are_refused_at_once") {
@@ -274,23 +308,25 @@ fn no_endpoint_and_unallocated_addresses_are_refused_at_once() {
     let mut refused = 0;
     for (ns, target) in &cases {
         // A connected UDP socket, as DNS resolvers use: only those are told
-        // of ICMP errors.
-        for proto in ["tcp", "udp-connected"] {
+        // of ICMP errors. Two per target: port unreachables are limited to
+        // a burst of 6 per client, as the kernel limits them (see the next
+        // test), and client-a asks three times.
+        for (proto, count) in [("tcp", 5), ("udp-connected", 2)] {
             // A generous timeout: a refusal must come long before it.
             let started = Instant::now();
-            let replies = lab.requests(ns, proto, target, 5, 3000).unwrap();
+            let replies = lab.requests(ns, proto, target, count, 3000).unwrap();
             let elapsed = started.elapsed();
             let slowest_us = proxy_lab::traffic::slowest_micros(&replies);
             let s = Summary::of(&replies);
-            assert_eq!(s.failed, 5, "{proto} {target}: {s:?}");
+            assert_eq!(s.failed, count as usize, "{proto} {target}: {s:?}");
             assert!(
                 s.errors.keys().all(|e| e.to_lowercase().contains("refused")),
                 "{proto} {target}: {:?}",
                 s.errors
             );
-            println!("{proto} {target}: 5 refused, slowest {slowest_us} µs, all 5 in {elapsed:?} (client timeout 3 s each)");
+            println!("{proto} {target}: {count} refused, slowest {slowest_us} µs, all in {elapsed:?} (client timeout 3 s each)");
             assert!(elapsed.as_millis() < 2000, "{proto} {target}: refusals took {elapsed:?}");
-            refused += 5;
+            refused += u64::from(count);
         }
     }
     let c = counters(&lab, 0);
