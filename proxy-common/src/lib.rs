@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod csum;
+pub mod icmp;
 pub mod maps;
 pub mod ratelimit;
 pub mod reject;

@@ -30,11 +30,15 @@ pub enum Verdict {
     /// A refusal (ICMP port unreachable) not sent: the client had its
     /// share for now (see `ratelimit`). The datagram is dropped.
     RefusalRateLimited = 10,
+    /// An ICMP error about a translated flow (port unreachable,
+    /// fragmentation needed, time exceeded), put back into the receiver's
+    /// terms.
+    IcmpErrorTranslated = 11,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 11;
-    pub const ALL: [Verdict; 11] = [
+    pub const COUNT: u32 = 12;
+    pub const ALL: [Verdict; 12] = [
         Verdict::Translated,
         Verdict::ReverseTranslated,
         Verdict::NotService,
@@ -46,6 +50,7 @@ impl Verdict {
         Verdict::XdpTranslated,
         Verdict::XdpReverseTranslated,
         Verdict::RefusalRateLimited,
+        Verdict::IcmpErrorTranslated,
     ];
 
     pub const fn index(self) -> u32 {
@@ -65,6 +70,7 @@ impl Verdict {
             Verdict::XdpTranslated => "xdp_translated",
             Verdict::XdpReverseTranslated => "xdp_reverse_translated",
             Verdict::RefusalRateLimited => "refusal_rate_limited",
+            Verdict::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 }

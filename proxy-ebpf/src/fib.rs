@@ -14,7 +14,6 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::packet::Flow;
 
 const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
@@ -25,7 +24,8 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// The route for `saddr -> daddr` of `flow`, entering on `ifindex`: the
+/// The route for `saddr -> daddr` of a packet of protocol `proto`, entering
+/// on `ifindex`: the
 /// egress device and, unless `flags` skips it, the next hop's and this
 /// device's MAC addresses. `None` when the table has no forwarding answer (a
 /// local destination, forwarding off, with neighbours asked for, one not
@@ -39,10 +39,10 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
 /// kernel's own check (`is_skb_forwardable`) knows that. An XDP frame is
 /// never segmented; its length is what goes on the wire.
 #[inline(always)]
-pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr: u32, tot_len: u16, flags: u32) -> Option<FibParams> {
+pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, proto: u8, saddr: u32, daddr: u32, tot_len: u16, flags: u32) -> Option<FibParams> {
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = flow.proto;
+    params.l4_protocol = proto;
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = saddr;
@@ -51,14 +51,15 @@ pub fn fib_lookup(ctx: *mut c_void, ifindex: u32, flow: &Flow, saddr: u32, daddr
     (rc == BPF_FIB_LKUP_RET_SUCCESS).then_some(params)
 }
 
-/// Redirects the packet (already rewritten to `saddr -> daddr`) to the
+/// Redirects the packet (of protocol `proto`, already rewritten to
+/// `saddr -> daddr`) to the
 /// device the routing table sends `daddr` to. When the table has no
 /// forwarding answer, the packet is handed on (to the stack, after any
 /// program attached behind ours) instead.
 #[inline(always)]
-pub fn fib_redirect(ctx: &TcContext, flow: &Flow, saddr: u32, daddr: u32) -> i32 {
+pub fn fib_redirect(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
     // The kernel fills in the L2 header itself (redirect_neigh).
-    match fib_lookup(ctx.skb.skb as *mut c_void, ifindex(ctx), flow, saddr, daddr, 0, BPF_FIB_LOOKUP_SKIP_NEIGH) {
+    match fib_lookup(ctx.skb.skb as *mut c_void, ifindex(ctx), proto, saddr, daddr, 0, BPF_FIB_LOOKUP_SKIP_NEIGH) {
         Some(params) => unsafe { bpf_redirect_neigh(params.ifindex, null_mut(), 0, 0) as i32 },
         None => TC_ACT_UNSPEC,
     }

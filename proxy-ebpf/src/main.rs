@@ -5,6 +5,7 @@
 mod conntrack;
 mod decide;
 mod fib;
+mod icmp_nat;
 mod lb;
 mod maps;
 mod nat;

@@ -4,7 +4,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use proxy_common::{IPPROTO_TCP, IPPROTO_UDP};
+use proxy_common::{
+    icmp::{is_error, Quote},
+    IPPROTO_TCP, IPPROTO_UDP,
+};
 
 /// Fixed-size reads at an offset into the packet.
 pub trait PacketLoad {
@@ -89,9 +92,38 @@ impl Flow {
     }
 }
 
+pub const IPPROTO_ICMP: u8 = 1;
+
+/// An ICMP error (destination unreachable, time exceeded) quoting a TCP or
+/// UDP packet. Offsets from the start of the frame.
+pub struct IcmpError {
+    pub l3_off: usize,
+    pub icmp_off: usize,
+    pub saddr: u32,
+    pub daddr: u32,
+    /// The quoted packet's IPv4 header and its TCP or UDP header.
+    pub inner_l3_off: usize,
+    pub inner_l4_off: usize,
+    pub quote: Quote,
+}
+
+impl IcmpError {
+    /// Offset of the quoted packet's L4 checksum.
+    #[inline(always)]
+    pub fn inner_l4_csum_off(&self) -> usize {
+        if self.quote.proto == IPPROTO_TCP {
+            self.inner_l4_off + 16
+        } else {
+            self.inner_l4_off + 6
+        }
+    }
+}
+
 pub enum Parsed {
     Flow(Flow),
-    /// Not IPv4 TCP/UDP, or a non-first fragment: nothing to translate.
+    IcmpError(IcmpError),
+    /// Not IPv4 TCP/UDP or an ICMP error about them, or a non-first
+    /// fragment: nothing to translate.
     Other,
 }
 
@@ -111,7 +143,7 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
         return Err(());
     }
     let proto = ctx.load_at::<u8>(l3_off + 9)?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Ok(Parsed::Other);
     }
     let frag = u16::from_be(ctx.load_at::<u16>(l3_off + 6)?);
@@ -122,6 +154,9 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
     let saddr = ctx.load_at::<u32>(l3_off + 12)?;
     let daddr = ctx.load_at::<u32>(l3_off + 16)?;
     let l4_off = l3_off + ihl;
+    if proto == IPPROTO_ICMP {
+        return parse_icmp_error(ctx, l3_off, l4_off, saddr, daddr);
+    }
     let sport = ctx.load_at::<u16>(l4_off)?;
     let dport = ctx.load_at::<u16>(l4_off + 2)?;
     let tcp_flags = if proto == IPPROTO_TCP { ctx.load_at::<u8>(l4_off + 13)? } else { 0 };
@@ -136,5 +171,42 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
         sport,
         dport,
         tcp_flags,
+    }))
+}
+
+/// An ICMP error's quoted packet, when it is the first (or only) fragment of
+/// a TCP or UDP packet; anything else is `Other`.
+#[inline(always)]
+fn parse_icmp_error<P: PacketLoad>(ctx: &P, l3_off: usize, icmp_off: usize, saddr: u32, daddr: u32) -> Result<Parsed, ()> {
+    if !is_error(ctx.load_at::<u8>(icmp_off)?) {
+        return Ok(Parsed::Other);
+    }
+    // The ICMP header (8 bytes), then the quoted IPv4 header.
+    let inner_l3_off = icmp_off + 8;
+    let ver_ihl = ctx.load_at::<u8>(inner_l3_off)?;
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 {
+        return Ok(Parsed::Other);
+    }
+    let proto = ctx.load_at::<u8>(inner_l3_off + 9)?;
+    let frag = u16::from_be(ctx.load_at::<u16>(inner_l3_off + 6)?);
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || frag & IP_OFFSET_MASK != 0 {
+        return Ok(Parsed::Other);
+    }
+    let inner_l4_off = inner_l3_off + ihl;
+    Ok(Parsed::IcmpError(IcmpError {
+        l3_off,
+        icmp_off,
+        saddr,
+        daddr,
+        inner_l3_off,
+        inner_l4_off,
+        quote: Quote {
+            saddr: ctx.load_at::<u32>(inner_l3_off + 12)?,
+            daddr: ctx.load_at::<u32>(inner_l3_off + 16)?,
+            sport: ctx.load_at::<u16>(inner_l4_off)?,
+            dport: ctx.load_at::<u16>(inner_l4_off + 2)?,
+            proto,
+        },
     }))
 }

@@ -16,11 +16,12 @@ use proxy_common::{CtDirection, Verdict};
 use crate::{
     conntrack::{ct4_lookup_reply, ct_key},
     decide::{decide, reverse, Decision, Rewrite},
+    icmp_nat::{decide_icmp, rewrite_icmp},
     fib::fib_redirect,
     lb::Role,
     maps::count,
     nat::{rewrite, Side},
-    packet::{parse, Flow, Parsed},
+    packet::{parse, Flow, IcmpError, Parsed, IPPROTO_ICMP},
     reject::reject,
 };
 
@@ -33,6 +34,7 @@ pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
             Decision::Refuse => reject(ctx, &flow),
             Decision::Rewrite(rw) => apply(ctx, &flow, &rw),
         },
+        Ok(Parsed::IcmpError(err)) => icmp_error(ctx, &err, true),
         Ok(Parsed::Other) => (Verdict::NotService, TC_ACT_UNSPEC),
         // Malformed: not ours to judge; the stack drops it if it must.
         Err(()) => (Verdict::Error, TC_ACT_UNSPEC),
@@ -48,8 +50,16 @@ pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
 /// left alone and not counted: this hook sees all of a pod's traffic.
 #[inline(always)]
 pub fn pod_egress(ctx: &TcContext) -> i32 {
-    let Ok(Parsed::Flow(flow)) = parse(ctx) else {
-        return TC_ACT_UNSPEC;
+    let flow = match parse(ctx) {
+        Ok(Parsed::Flow(flow)) => flow,
+        Ok(Parsed::IcmpError(err)) => {
+            let (verdict, action) = icmp_error(ctx, &err, false);
+            if verdict != Verdict::NotService {
+                count(verdict);
+            }
+            return action;
+        }
+        _ => return TC_ACT_UNSPEC,
     };
     let Some(entry) = ct4_lookup_reply(&ct_key(&flow, CtDirection::Reply), flow.is_tcp_close()) else {
         return TC_ACT_UNSPEC;
@@ -59,6 +69,25 @@ pub fn pod_egress(ctx: &TcContext) -> i32 {
     let (verdict, action) = apply(ctx, &flow, &rw);
     count(verdict);
     action
+}
+
+/// An ICMP error: translated when it is about a tracked flow, then
+/// forwarded by us when `may_redirect` and the flow's path needs it.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, err: &IcmpError, may_redirect: bool) -> (Verdict, i32) {
+    let Some(rw) = decide_icmp(err) else {
+        return (Verdict::NotService, TC_ACT_UNSPEC);
+    };
+    if let Err(e) = rewrite_icmp(ctx, err, &rw) {
+        error!(ctx, "ICMP error rewrite failed: {}", e);
+        return (Verdict::Error, TC_ACT_SHOT);
+    }
+    if may_redirect && rw.redirect {
+        let saddr = rw.outer_src.unwrap_or(err.saddr);
+        let daddr = rw.outer_dst.unwrap_or(err.daddr);
+        return (Verdict::IcmpErrorTranslated, fib_redirect(ctx, IPPROTO_ICMP, saddr, daddr));
+    }
+    (Verdict::IcmpErrorTranslated, TC_ACT_UNSPEC)
 }
 
 #[inline(always)]
@@ -75,7 +104,7 @@ fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> (Verdict, i32) {
         return (Verdict::Error, TC_ACT_SHOT);
     }
     if rw.redirect {
-        return (rw.verdict, fib_redirect(ctx, flow, rw.saddr(flow), rw.daddr(flow)));
+        return (rw.verdict, fib_redirect(ctx, flow.proto, rw.saddr(flow), rw.daddr(flow)));
     }
     (rw.verdict, TC_ACT_UNSPEC)
 }

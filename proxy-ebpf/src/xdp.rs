@@ -23,6 +23,7 @@ use crate::{
 
 #[inline(always)]
 pub fn ingress(ctx: &XdpContext) -> u32 {
+    // ICMP errors (rare, and never hot) go up to tc, which translates them.
     let Ok(Parsed::Flow(flow)) = parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
@@ -44,7 +45,7 @@ pub fn ingress(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn forward(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> u32 {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(params) = fib_lookup(ctx.ctx as *mut _, ingress, flow, rw.saddr(flow), rw.daddr(flow), flow.tot_len, 0) else {
+    let Some(params) = fib_lookup(ctx.ctx as *mut _, ingress, flow.proto, rw.saddr(flow), rw.daddr(flow), flow.tot_len, 0) else {
         return xdp_action::XDP_PASS;
     };
     let Some(eth) = xdp_ptr::<[u8; 12]>(ctx, 0) else {

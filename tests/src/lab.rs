@@ -554,6 +554,30 @@ impl Lab {
         Ok(())
     }
 
+    /// A client behind a router, on a link of `mtu` bytes that only the
+    /// router's side knows of (the client's own device keeps 1500, so its
+    /// TCP advertises a full MSS and packets towards it must be cut down by
+    /// path MTU discovery): router 10.100.0.200 on the underlay, client
+    /// 10.150.0.2 behind it; the nodes route 10.150.0.0/24 through the
+    /// router. Returns the client's namespace.
+    pub fn add_client_behind_narrow_link(&self, mtu: u32) -> anyhow::Result<String> {
+        let router = format!("{}-router", self.id);
+        let far = format!("{}-far", self.id);
+        self.attach_to_underlay(&router, "router", underlay(200))?;
+        sysctl(&router, "net.ipv4.ip_forward", "1")?;
+        add_ns(&far)?;
+        ip(&far, &["link", "add", "name", "eth0", "type", "veth", "peer", "name", "narrow", "netns", &router])?;
+        ip(&far, &["addr", "add", "10.150.0.2/24", "dev", "eth0"])?;
+        ip(&far, &["link", "set", "eth0", "up"])?;
+        ip(&far, &["route", "add", "default", "via", "10.150.0.1"])?;
+        ip(&router, &["addr", "add", "10.150.0.1/24", "dev", "narrow"])?;
+        ip(&router, &["link", "set", "narrow", "mtu", &mtu.to_string(), "up"])?;
+        for node in &self.nodes {
+            ip(&node.ns, &["route", "add", "10.150.0.0/24", "via", &underlay(200).to_string()])?;
+        }
+        Ok(far)
+    }
+
     /// Routes `dest` (a CIDR) from namespace `ns` through `node`'s underlay
     /// address, as a router in front of the cluster routes LoadBalancer and
     /// external IPs to a node.

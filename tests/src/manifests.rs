@@ -48,6 +48,9 @@ pub struct ServiceSpec {
     /// `sessionAffinity: ClientIP` with this timeout in seconds.
     pub session_affinity: Option<u32>,
     pub endpoints: Vec<EndpointSpec>,
+    /// The endpoints' port, when not the lab backends' own (for a port
+    /// nothing listens on).
+    pub target_port: Option<u16>,
 }
 
 impl ServiceSpec {
@@ -71,7 +74,7 @@ impl ServiceSpec {
     }
 
     pub fn yaml(&self) -> String {
-        let target = crate::lab::BACKEND_PORT;
+        let target = self.target_port.unwrap_or(crate::lab::BACKEND_PORT);
         let (name, port) = (&self.name, self.port);
         let kind = match (self.node_port, self.load_balancer_ips.is_empty()) {
             (_, false) => "LoadBalancer",

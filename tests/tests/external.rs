@@ -571,3 +571,71 @@ fn every_rewrite_leaves_checksums_exact() {
         check_protos(&lab, &lab.pod("web-1").ns, "10.96.1.10:80", &["tcp"], &["web-1", "web-2", "web-3"], "10.96.1.10|10.244.1.11");
     }
 }
+
+/// A backend's ICMP port unreachable for a translated UDP flow reaches the
+/// client as the frontend's, quoting the client's own datagram, so its
+/// connected socket fails at once with ECONNREFUSED instead of waiting for
+/// a timeout: from outside through a NodePort (SNAT) and from a pod
+/// through a ClusterIP (a connected UDP socket goes per packet).
+#[test]
+fn a_backends_port_unreachable_reaches_the_client_translated() {
+    if !require_root("a_backends_port_unreachable_reaches_the_client_translated") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut closed = web(lab, "closed", "10.96.1.60");
+        closed.node_port = Some(30095);
+        // Nothing listens there: each backend answers port unreachable.
+        closed.target_port = Some(9999);
+        vec![closed]
+    });
+    let node1 = lab.node_ip(0);
+    for (ns, target) in [(lab.client_ns.clone(), format!("{node1}:30095")), (lab.pod("client-a").ns.clone(), "10.96.1.60:80".to_string())] {
+        let started = Instant::now();
+        let replies = lab.requests(&ns, "udp-connected", &target, 5, 2000).unwrap();
+        let s = Summary::of(&replies);
+        let refused: usize = s.errors.iter().filter(|(e, _)| e.to_lowercase().contains("refused")).map(|(_, n)| n).sum();
+        println!(
+            "udp-connected {target}: {refused}/5 refused, slowest {} µs, all in {:?}",
+            proxy_lab::traffic::slowest_micros(&replies),
+            started.elapsed()
+        );
+        assert_eq!(refused, 5, "{target}: {s:?}");
+    }
+    let translated: u64 = (0..2).map(|n| counter(&counters(&lab, n), "icmp_error_translated")).sum();
+    assert!(translated >= 10, "icmp_error_translated {translated}");
+}
+
+/// Path MTU discovery through a NodePort: a client behind a 1,280-byte link
+/// downloads 1 MB through either node's NodePort. The backend's full-size
+/// packets cannot cross that link; the router's "fragmentation needed",
+/// sent to the NodePort address, must reach the backend quoting its own
+/// packet, or the download stalls for good.
+#[test]
+fn path_mtu_discovery_works_through_a_nodeport() {
+    if !require_root("path_mtu_discovery_works_through_a_nodeport") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut np = web(lab, "np", "10.96.1.10");
+        np.node_port = Some(30080);
+        vec![np]
+    });
+    let far = lab.add_client_behind_narrow_link(1280).unwrap();
+    for node in 0..2 {
+        let target = format!("{}:30080", lab.node_ip(node));
+        let replies = lab.requests(&far, "tcp-download=1048576", &target, 9, 5000).unwrap();
+        let s = Summary::of(&replies);
+        let ms: Vec<u64> = replies.iter().map(|r| r.micros() / 1000).collect();
+        println!("1 MB through {target} behind a 1280-byte link: {} of 9, by {:?}, ms {ms:?}", s.sent - s.failed, s.by_backend);
+        assert_eq!(s.failed, 0, "{target}: {:?}", s.errors);
+        assert_eq!(answered_by_all(&s), ALL_WEB.len(), "{target}: {:?}", s.by_backend);
+    }
+    let translated = counter(&counters(&lab, 0), "icmp_error_translated");
+    println!("node 1 translated {translated} ICMP errors");
+    assert!(translated > 0);
+}
+
+fn answered_by_all(s: &Summary) -> usize {
+    s.by_backend.len()
+}

@@ -1,0 +1,113 @@
+//! ICMP errors about translated flows, put back into the terms of whoever
+//! receives them (what to write: `proxy_common::icmp`): the quoted packet's
+//! addresses and ports, the quote's own IP and L4 checksums, the ICMP
+//! checksum over all of it, and the outer header. On the tc path, with the
+//! kernel's checksum helpers; XDP passes ICMP up to tc.
+
+use aya_ebpf::programs::TcContext;
+use proxy_common::{
+    icmp::{towards_backend, towards_client, ErrorRewrite},
+    IPPROTO_UDP,
+};
+
+use crate::maps::CONNTRACK;
+use crate::packet::IcmpError;
+
+const IP_CSUM_OFF: usize = 10;
+const IP_SADDR_OFF: usize = 12;
+const IP_DADDR_OFF: usize = 16;
+
+/// The rewrite for an error about a tracked flow; `None` for any other.
+#[inline(always)]
+pub fn decide_icmp(err: &IcmpError) -> Option<ErrorRewrite> {
+    // SAFETY: map values are read and copied at once.
+    if let Some(entry) = unsafe { CONNTRACK.get(&err.quote.reply_key()) } {
+        return Some(towards_client(err.saddr, &err.quote, entry));
+    }
+    let entry = unsafe { CONNTRACK.get(&err.quote.original_key()) }?;
+    Some(towards_backend(&err.quote, entry))
+}
+
+/// Writes `rw` into the error.
+#[inline(always)]
+pub fn rewrite_icmp(ctx: &TcContext, err: &IcmpError, rw: &ErrorRewrite) -> Result<(), i64> {
+    if let Some((addr, port)) = rw.inner_src {
+        quoted_addr(ctx, err, IP_SADDR_OFF, err.quote.saddr, addr)?;
+        quoted_port(ctx, err, 0, err.quote.sport, port)?;
+    }
+    if let Some((addr, port)) = rw.inner_dst {
+        quoted_addr(ctx, err, IP_DADDR_OFF, err.quote.daddr, addr)?;
+        quoted_port(ctx, err, 2, err.quote.dport, port)?;
+    }
+    // ICMP has no pseudo-header: the outer addresses are in the IP
+    // checksum only.
+    if let Some(addr) = rw.outer_src {
+        outer_addr(ctx, err, IP_SADDR_OFF, err.saddr, addr)?;
+    }
+    if let Some(addr) = rw.outer_dst {
+        outer_addr(ctx, err, IP_DADDR_OFF, err.daddr, addr)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn outer_addr(ctx: &TcContext, err: &IcmpError, off: usize, old: u32, new: u32) -> Result<(), i64> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(err.l3_off + IP_CSUM_OFF, old as u64, new as u64, 4)?;
+    ctx.store(err.l3_off + off, &new, 0)
+}
+
+/// An address of the quoted packet: its IP checksum and (when quoted) its
+/// L4 checksum follow, and the ICMP checksum follows all three changes.
+#[inline(always)]
+fn quoted_addr(ctx: &TcContext, err: &IcmpError, off: usize, old: u32, new: u32) -> Result<(), i64> {
+    if old == new {
+        return Ok(());
+    }
+    quoted_csum(ctx, err, err.inner_l3_off + IP_CSUM_OFF, old, new, 4)?;
+    quoted_l4_csum(ctx, err, old, new, 4)?;
+    ctx.store(err.inner_l3_off + off, &new, 0)?;
+    icmp_csum(ctx, err, old, new, 4)
+}
+
+#[inline(always)]
+fn quoted_port(ctx: &TcContext, err: &IcmpError, off: usize, old: u16, new: u16) -> Result<(), i64> {
+    if old == new {
+        return Ok(());
+    }
+    quoted_l4_csum(ctx, err, old as u32, new as u32, 2)?;
+    ctx.store(err.inner_l4_off + off, &new, 0)?;
+    icmp_csum(ctx, err, old as u32, new as u32, 2)
+}
+
+/// The quoted TCP or UDP checksum, if the quote reaches it (an error may
+/// quote as little as 8 bytes of it) and it is in use (UDP's 0 is "none").
+#[inline(always)]
+fn quoted_l4_csum(ctx: &TcContext, err: &IcmpError, old: u32, new: u32, size: u64) -> Result<(), i64> {
+    let off = err.inner_l4_csum_off();
+    if off + 2 > ctx.len() as usize {
+        return Ok(());
+    }
+    if err.quote.proto == IPPROTO_UDP && ctx.load::<u16>(off)? == 0 {
+        return Ok(());
+    }
+    quoted_csum(ctx, err, off, old, new, size)
+}
+
+/// A checksum field inside the quote, updated for a field it covers going
+/// from `old` to `new`; the ICMP checksum follows the field's own change.
+#[inline(always)]
+fn quoted_csum(ctx: &TcContext, err: &IcmpError, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64> {
+    let before = ctx.load::<u16>(off)?;
+    // A plain incremental update of the 16-bit field at `off`.
+    ctx.l3_csum_replace(off, old as u64, new as u64, size)?;
+    let after = ctx.load::<u16>(off)?;
+    icmp_csum(ctx, err, before as u32, after as u32, 2)
+}
+
+#[inline(always)]
+fn icmp_csum(ctx: &TcContext, err: &IcmpError, old: u32, new: u32, size: u64) -> Result<(), i64> {
+    ctx.l4_csum_replace(err.icmp_off + 2, old as u64, new as u64, size)
+}
