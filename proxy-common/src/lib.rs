@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod csum;
+pub mod frag;
 pub mod icmp;
 pub mod maps;
 pub mod ratelimit;
@@ -42,4 +43,6 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::AffinityKey {}
     unsafe impl aya::Pod for crate::maps::AffinityValue {}
     unsafe impl aya::Pod for crate::ratelimit::RefusalBucket {}
+    unsafe impl aya::Pod for crate::frag::FragKey {}
+    unsafe impl aya::Pod for crate::frag::FragPorts {}
 }

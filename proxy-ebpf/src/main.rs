@@ -5,6 +5,7 @@
 mod conntrack;
 mod decide;
 mod fib;
+mod frag;
 mod icmp_nat;
 mod lb;
 mod maps;

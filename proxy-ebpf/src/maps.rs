@@ -68,3 +68,8 @@ pub static SOCK_FLOWS: LruHashMap<proxy_common::sock::SockFlowKey, proxy_common:
 #[map(name = "REFUSALS")]
 pub static REFUSALS: LruHashMap<u32, proxy_common::ratelimit::RefusalBucket> =
     LruHashMap::pinned(proxy_common::ratelimit::MAX_REFUSAL_CLIENTS, 0);
+
+/// The ports of fragmented datagrams, from their first fragment.
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<proxy_common::frag::FragKey, proxy_common::frag::FragPorts> =
+    LruHashMap::pinned(proxy_common::frag::MAX_FRAGMENTED_DATAGRAMS, 0);

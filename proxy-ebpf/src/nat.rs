@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use proxy_common::IPPROTO_UDP;
+use proxy_common::{frag::Fragment, IPPROTO_UDP};
 
 use crate::packet::Flow;
 
@@ -36,15 +36,23 @@ pub fn rewrite(ctx: &TcContext, flow: &Flow, side: Side, addr: u32, port: u16) -
     };
     let csum_off = flow.l4_csum_off();
 
+    // A later fragment has no L4 header: its addresses alone change (the
+    // first fragment's checksum covered the whole datagram).
+    let l4 = flow.fragment != Fragment::Later;
     if old_addr != addr {
-        ctx.l4_csum_replace(
-            csum_off,
-            old_addr as u64,
-            addr as u64,
-            l4_flags | BPF_F_PSEUDO_HDR as u64 | 4,
-        )?;
+        if l4 {
+            ctx.l4_csum_replace(
+                csum_off,
+                old_addr as u64,
+                addr as u64,
+                l4_flags | BPF_F_PSEUDO_HDR as u64 | 4,
+            )?;
+        }
         ctx.l3_csum_replace(flow.l3_off + IP_CSUM_OFF, old_addr as u64, addr as u64, 4)?;
         ctx.store(flow.l3_off + addr_off, &addr, 0)?;
+    }
+    if !l4 {
+        return Ok(());
     }
     if old_port != port {
         ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, l4_flags | 2)?;

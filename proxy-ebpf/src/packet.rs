@@ -5,6 +5,7 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use proxy_common::{
+    frag::{Fragment, IP_OFFSET_MASK},
     icmp::{is_error, Quote},
     IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -42,7 +43,6 @@ pub fn xdp_ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// Offsets and fields of an IPv4 TCP or UDP packet. Addresses and ports are
 /// in network byte order, as in the packet.
@@ -58,8 +58,13 @@ pub struct Flow {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP, and for a later fragment).
     pub tcp_flags: u8,
+    /// A later fragment has no L4 header: its ports come from the first
+    /// one's (see `frag`), and only its addresses are rewritten.
+    pub fragment: Fragment,
+    /// The IP id, which ties a datagram's fragments together.
+    pub ip_id: u16,
 }
 
 const TCP_FIN: u8 = 0x01;
@@ -146,20 +151,27 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Ok(Parsed::Other);
     }
-    let frag = u16::from_be(ctx.load_at::<u16>(l3_off + 6)?);
-    if frag & IP_OFFSET_MASK != 0 {
-        return Ok(Parsed::Other);
-    }
+    let fragment = Fragment::of(u16::from_be(ctx.load_at::<u16>(l3_off + 6)?));
     let tot_len = u16::from_be(ctx.load_at::<u16>(l3_off + 2)?);
     let saddr = ctx.load_at::<u32>(l3_off + 12)?;
     let daddr = ctx.load_at::<u32>(l3_off + 16)?;
     let l4_off = l3_off + ihl;
     if proto == IPPROTO_ICMP {
+        if fragment == Fragment::Later {
+            return Ok(Parsed::Other);
+        }
         return parse_icmp_error(ctx, l3_off, l4_off, saddr, daddr);
     }
-    let sport = ctx.load_at::<u16>(l4_off)?;
-    let dport = ctx.load_at::<u16>(l4_off + 2)?;
-    let tcp_flags = if proto == IPPROTO_TCP { ctx.load_at::<u8>(l4_off + 13)? } else { 0 };
+    let ip_id = ctx.load_at::<u16>(l3_off + 4)?;
+    let (sport, dport, tcp_flags) = match fragment {
+        // Filled in from the first fragment (see `frag`).
+        Fragment::Later => (0, 0, 0),
+        _ => (
+            ctx.load_at::<u16>(l4_off)?,
+            ctx.load_at::<u16>(l4_off + 2)?,
+            if proto == IPPROTO_TCP { ctx.load_at::<u8>(l4_off + 13)? } else { 0 },
+        ),
+    };
     Ok(Parsed::Flow(Flow {
         l3_off,
         ihl,
@@ -171,6 +183,8 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
         sport,
         dport,
         tcp_flags,
+        fragment,
+        ip_id,
     }))
 }
 

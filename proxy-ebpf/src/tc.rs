@@ -11,13 +11,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::error;
-use proxy_common::{CtDirection, Verdict};
+use proxy_common::{frag::Fragment, CtDirection, Verdict};
 
 use crate::{
     conntrack::{ct4_lookup_reply, ct_key},
     decide::{decide, reverse, Decision, Rewrite},
     icmp_nat::{decide_icmp, rewrite_icmp},
     fib::fib_redirect,
+    frag::with_ports,
     lb::Role,
     maps::count,
     nat::{rewrite, Side},
@@ -28,11 +29,17 @@ use crate::{
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
     let (verdict, action) = match parse(ctx) {
-        Ok(Parsed::Flow(flow)) => match decide(ctx, &flow, role) {
-            Decision::Pass(verdict) => (verdict, TC_ACT_UNSPEC),
-            Decision::Drop(verdict) => (verdict, TC_ACT_SHOT),
-            Decision::Refuse => reject(ctx, &flow),
-            Decision::Rewrite(rw) => apply(ctx, &flow, &rw),
+        Ok(Parsed::Flow(flow)) => match with_ports(flow) {
+            Some(flow) => match decide(ctx, &flow, role) {
+                Decision::Pass(verdict) => (verdict, TC_ACT_UNSPEC),
+                Decision::Drop(verdict) => (verdict, TC_ACT_SHOT),
+                // A later fragment has no header to answer from.
+                Decision::Refuse if flow.fragment == Fragment::Later => (Verdict::NoBackend, TC_ACT_SHOT),
+                Decision::Refuse => reject(ctx, &flow),
+                Decision::Rewrite(rw) => apply(ctx, &flow, &rw),
+            },
+            // A later fragment whose first one this device did not see.
+            None => (Verdict::NotService, TC_ACT_UNSPEC),
         },
         Ok(Parsed::IcmpError(err)) => icmp_error(ctx, &err, true),
         Ok(Parsed::Other) => (Verdict::NotService, TC_ACT_UNSPEC),
@@ -51,7 +58,10 @@ pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
 #[inline(always)]
 pub fn pod_egress(ctx: &TcContext) -> i32 {
     let flow = match parse(ctx) {
-        Ok(Parsed::Flow(flow)) => flow,
+        Ok(Parsed::Flow(flow)) => match with_ports(flow) {
+            Some(flow) => flow,
+            None => return TC_ACT_UNSPEC,
+        },
         Ok(Parsed::IcmpError(err)) => {
             let (verdict, action) = icmp_error(ctx, &err, false);
             if verdict != Verdict::NotService {

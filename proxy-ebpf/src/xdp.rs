@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::XdpContext,
 };
-use proxy_common::Verdict;
+use proxy_common::{frag::Fragment, Verdict};
 
 use crate::{
     decide::{decide, Decision, Rewrite},
@@ -23,10 +23,14 @@ use crate::{
 
 #[inline(always)]
 pub fn ingress(ctx: &XdpContext) -> u32 {
-    // ICMP errors (rare, and never hot) go up to tc, which translates them.
+    // ICMP errors (rare, and never hot) and fragments (whose ports the
+    // first one leaves for the rest) go up to tc, which translates them.
     let Ok(Parsed::Flow(flow)) = parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
+    if flow.fragment != Fragment::Whole {
+        return xdp_action::XDP_PASS;
+    }
     match decide(ctx, &flow, Role::External) {
         Decision::Drop(verdict) => {
             count(verdict);

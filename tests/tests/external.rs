@@ -639,3 +639,29 @@ fn path_mtu_discovery_works_through_a_nodeport() {
 fn answered_by_all(s: &Summary) -> usize {
     s.by_backend.len()
 }
+
+/// A 4,000-byte UDP datagram, fragmented, each way: from outside through a
+/// NodePort (to backends on both nodes, SNATed), from a pod through a
+/// ClusterIP on a connected socket (per packet). Only the first fragment
+/// has the ports; the datapath gives them to the rest, so every fragment
+/// reaches the backend and the answer's fragments reach the client.
+#[test]
+fn fragmented_datagrams_are_translated_whole() {
+    if !require_root("fragmented_datagrams_are_translated_whole") {
+        return;
+    }
+    let (lab, _agents) = lab_with(|lab| {
+        let mut np = web(lab, "np", "10.96.1.10");
+        np.node_port = Some(30080);
+        vec![np]
+    });
+    let node1 = lab.node_ip(0).to_string();
+    let client = lab.pod("client-a");
+    for (ns, proto, target, saw) in [
+        (lab.client_ns.clone(), "udp-connected-big=4000", format!("{node1}:30080"), node1.clone()),
+        (lab.client_ns.clone(), "udp-big=4000", format!("{node1}:30080"), node1.clone()),
+        (client.ns.clone(), "udp-connected-big=4000", "10.96.1.10:80".to_string(), client.ip.to_string()),
+    ] {
+        check_protos(&lab, &ns, &target, &[proto], &ALL_WEB, &saw);
+    }
+}

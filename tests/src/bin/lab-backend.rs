@@ -1,6 +1,7 @@
 //! A lab backend: answers every TCP line and every UDP datagram with
 //! `<pod name> <address:port it saw the request come from>`, so a test can
 //! tell which backend answered and whether the client's address survived.
+//! A datagram starting `big N` gets the answer padded to N bytes.
 //! For bulk transfers, a TCP connection whose first line is `download N`
 //! gets that answer followed by N bytes; one whose first line is `upload N`
 //! sends N bytes and gets the answer once they have all arrived.
@@ -16,9 +17,20 @@ fn main() -> anyhow::Result<()> {
     let udp = UdpSocket::bind(("0.0.0.0", port))?;
     let udp_name = name.clone();
     std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{udp_name} {peer}\n").as_bytes(), peer);
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            let mut answer = format!("{udp_name} {peer}\n").into_bytes();
+            // `big N`: the answer padded to N bytes (a datagram that must be
+            // fragmented on the way back).
+            if let Some(size) = std::str::from_utf8(&buf[..n.min(32)])
+                .ok()
+                .and_then(|t| t.strip_prefix("big "))
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|t| t.parse::<usize>().ok())
+            {
+                answer.resize(size.clamp(answer.len(), 60_000), b'z');
+            }
+            let _ = udp.send_to(&answer, peer);
         }
     });
 

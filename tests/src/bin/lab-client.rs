@@ -40,6 +40,10 @@ fn main() -> anyhow::Result<()> {
                 // or write bounded by the timeout.
                 Some(("tcp-download", bytes)) => bulk(target, timeout, true, bytes.parse()?),
                 Some(("tcp-upload", bytes)) => bulk(target, timeout, false, bytes.parse()?),
+                // A datagram of BYTES (fragmented on the way), answered by one
+                // as big; on a connected socket, or with sendto.
+                Some(("udp-connected-big", bytes)) => udp_big(target, timeout, true, bytes.parse()?),
+                Some(("udp-big", bytes)) => udp_big(target, timeout, false, bytes.parse()?),
                 _ => anyhow::bail!("unknown protocol {other}"),
             },
         };
@@ -104,6 +108,24 @@ fn bulk(target: SocketAddr, timeout: Duration, download: bool, bytes: u64) -> an
         reader.read_line(&mut line)?;
     }
     anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
+    Ok((line, from))
+}
+
+fn udp_big(target: SocketAddr, timeout: Duration, connected: bool, bytes: usize) -> anyhow::Result<(String, SocketAddr)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut request = format!("big {bytes}\n").into_bytes();
+    request.resize(bytes.max(request.len()), b'y');
+    if connected {
+        socket.connect(target)?;
+        socket.send(&request)?;
+    } else {
+        socket.send_to(&request, target)?;
+    }
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    anyhow::ensure!(n == bytes, "answer of {n} bytes, not {bytes}");
+    let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string();
     Ok((line, from))
 }
 
