@@ -27,8 +27,9 @@ fn send(lab: &Lab, from: &str, proto: &str, count: u32) -> Summary {
 fn wait_for_traffic(lab: &Lab, from: &str, what: &str, done: impl Fn(&Summary) -> bool) -> Duration {
     let started = Instant::now();
     loop {
-        // Connected UDP: a refusal (ICMP port unreachable) ends a request at once.
-        let s = Summary::of(&lab.requests(&lab.pod(from).ns, "udp-connected", TARGET, 12, 200).unwrap());
+        // TCP: a refusal (a reset) ends a request at once. (Port
+        // unreachables are rate-limited per client, as the kernel's own.)
+        let s = Summary::of(&lab.requests(&lab.pod(from).ns, "tcp", TARGET, 12, 200).unwrap());
         if done(&s) {
             return started.elapsed();
         }
