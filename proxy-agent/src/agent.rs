@@ -211,6 +211,8 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut sigint = signal(SignalKind::interrupt())?;
     source.wait_ready(started).await?;
     let mut resync = true;
+    // This node's endpoints' addresses, refreshed when a sync wrote maps.
+    let mut local: Option<Vec<std::net::Ipv4Addr>> = None;
     loop {
         if resync {
             source.update_node(&mut config, !args.node_ips.is_empty());
@@ -222,6 +224,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
                 Ok((changes, skipped)) => {
                     let ops = sync.run(&mut maps, changes, &config, skipped);
                     telemetry.synced(sync_started, sync.report());
+                    if ops > 0 || local.is_none() {
+                        local = Some(local_endpoints(sync.tables.tables()));
+                    }
                     if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| ops > 0) {
                         telemetry.udp_sockets_aborted(stale_sockets::abort_stale(rev_nat, sync.tables.tables()));
                     }
@@ -245,7 +250,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             attached = true;
             tracing::info!("datapath serving");
         }
-        attacher.check_local_endpoints(local_endpoints(sync.tables.tables())).await;
+        attacher.check_local_endpoints(local.as_deref().unwrap_or_default()).await;
         attacher.report(&telemetry);
         resync = false;
         tokio::select! {

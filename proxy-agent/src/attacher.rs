@@ -5,6 +5,7 @@
 //! there, a device that fails, each is a log line, a metric and a reason in
 //! `/healthz`, and the agent keeps serving what it can and retries.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,8 +34,10 @@ pub struct Attacher {
     state: Attachments,
     failures: u64,
     routes: Option<RouteLookup>,
-    /// The local endpoints and link generation the last check saw.
-    checked: Option<(Vec<Ipv4Addr>, u64)>,
+    /// Each local endpoint's route: the device index, `None` without one.
+    route_of: HashMap<Ipv4Addr, Option<u32>>,
+    /// The devices' generation the last check saw.
+    checked_generation: Option<u64>,
 }
 
 impl Attacher {
@@ -48,27 +51,36 @@ impl Attacher {
             routes: RouteLookup::new()
                 .inspect_err(|error| tracing::warn!(%error, "no route lookups: local endpoints' devices go unchecked"))
                 .ok(),
-            checked: None,
+            route_of: HashMap::new(),
+            checked_generation: None,
         }
     }
 
     /// Checks that every local endpoint is behind a device the programs
-    /// serve (when the endpoints or the devices changed since the last
-    /// check). `local_endpoints`: sorted, deduplicated.
-    pub async fn check_local_endpoints(&mut self, local_endpoints: Vec<Ipv4Addr>) {
+    /// serve. Routes are looked up once per address and kept: again only
+    /// for addresses that had none or whose device went, when the node's
+    /// devices changed (a pod's route appears with its device). So a sync
+    /// costs lookups for its new endpoints alone, and a new pod for its own.
+    pub async fn check_local_endpoints(&mut self, local_endpoints: &[Ipv4Addr]) {
         let Some(routes) = &self.routes else { return };
-        let key = (local_endpoints, self.state.generation());
-        if self.checked.as_ref() == Some(&key) {
+        let generation = self.state.generation();
+        let devices_changed = self.checked_generation != Some(generation);
+        if !devices_changed && self.route_of.len() == local_endpoints.len() && local_endpoints.iter().all(|a| self.route_of.contains_key(a)) {
             return;
         }
-        let mut found = Vec::with_capacity(key.0.len());
-        for addr in &key.0 {
-            if let Some(index) = routes.device_for(*addr).await {
-                found.push((*addr, index));
+        self.route_of.retain(|addr, _| local_endpoints.binary_search(addr).is_ok());
+        for addr in local_endpoints {
+            let stale = match self.route_of.get(addr) {
+                None => true,
+                Some(index) => devices_changed && index.is_none_or(|i| !self.state.has_link(i)),
+            };
+            if stale {
+                self.route_of.insert(*addr, routes.device_for(*addr).await);
             }
         }
+        let found: Vec<(Ipv4Addr, u32)> = self.route_of.iter().filter_map(|(a, i)| i.map(|i| (*a, i))).collect();
         self.state.check_endpoints(&found);
-        self.checked = Some(key);
+        self.checked_generation = Some(generation);
     }
 
     /// The socket hooks, once the maps hold the first sync.

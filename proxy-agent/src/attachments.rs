@@ -144,6 +144,11 @@ impl Attachments {
         }
     }
 
+    /// Whether the node has a device of this index.
+    pub fn has_link(&self, index: u32) -> bool {
+        self.links.contains_key(&index)
+    }
+
     /// Changes whenever the node's links or the attachments change: a
     /// check of the local endpoints' devices is only stale then.
     pub fn generation(&self) -> u64 {

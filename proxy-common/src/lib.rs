@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod reject;
 pub mod select;
 pub mod sock;
+pub mod tail;
 pub mod verdict;
 
 pub use conntrack::{CtDirection, CtKey, CtValue};

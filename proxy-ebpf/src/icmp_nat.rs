@@ -28,72 +28,66 @@ pub fn decide_icmp(err: &IcmpError) -> Option<ErrorRewrite> {
     Some(towards_backend(&err.quote, entry))
 }
 
-/// Writes `rw` into the error.
+/// Writes `rw` into the error. Every field is written, a kept one with its
+/// own value (a checksum update from a value to itself changes nothing):
+/// straight-line code, which the verifier walks once instead of once per
+/// combination of changed fields.
 #[inline(always)]
 pub fn rewrite_icmp(ctx: &TcContext, err: &IcmpError, rw: &ErrorRewrite) -> Result<(), i64> {
-    if let Some((addr, port)) = rw.inner_src {
-        quoted_addr(ctx, err, IP_SADDR_OFF, err.quote.saddr, addr)?;
-        quoted_port(ctx, err, 0, err.quote.sport, port)?;
-    }
-    if let Some((addr, port)) = rw.inner_dst {
-        quoted_addr(ctx, err, IP_DADDR_OFF, err.quote.daddr, addr)?;
-        quoted_port(ctx, err, 2, err.quote.dport, port)?;
-    }
+    let q = &err.quote;
+    let (src, sport) = rw.inner_src.unwrap_or((q.saddr, q.sport));
+    let (dst, dport) = rw.inner_dst.unwrap_or((q.daddr, q.dport));
+    let l4_csum = quoted_l4_csum_off(ctx, err)?;
+    quoted_addr(ctx, err, IP_SADDR_OFF, q.saddr, src, l4_csum)?;
+    quoted_port(ctx, err, 0, q.sport, sport, l4_csum)?;
+    quoted_addr(ctx, err, IP_DADDR_OFF, q.daddr, dst, l4_csum)?;
+    quoted_port(ctx, err, 2, q.dport, dport, l4_csum)?;
     // ICMP has no pseudo-header: the outer addresses are in the IP
     // checksum only.
-    if let Some(addr) = rw.outer_src {
-        outer_addr(ctx, err, IP_SADDR_OFF, err.saddr, addr)?;
-    }
-    if let Some(addr) = rw.outer_dst {
-        outer_addr(ctx, err, IP_DADDR_OFF, err.daddr, addr)?;
-    }
-    Ok(())
+    outer_addr(ctx, err, IP_SADDR_OFF, err.saddr, rw.outer_src.unwrap_or(err.saddr))?;
+    outer_addr(ctx, err, IP_DADDR_OFF, err.daddr, rw.outer_dst.unwrap_or(err.daddr))
 }
 
 #[inline(always)]
 fn outer_addr(ctx: &TcContext, err: &IcmpError, off: usize, old: u32, new: u32) -> Result<(), i64> {
-    if old == new {
-        return Ok(());
-    }
     ctx.l3_csum_replace(err.l3_off + IP_CSUM_OFF, old as u64, new as u64, 4)?;
     ctx.store(err.l3_off + off, &new, 0)
+}
+
+/// The quoted TCP or UDP checksum's offset, if the quote reaches it (an
+/// error may quote as little as 8 bytes of the L4 header) and it is in use
+/// (UDP's 0 is "none").
+#[inline(always)]
+fn quoted_l4_csum_off(ctx: &TcContext, err: &IcmpError) -> Result<Option<usize>, i64> {
+    let off = err.inner_l4_csum_off();
+    if off + 2 > ctx.len() as usize {
+        return Ok(None);
+    }
+    if err.quote.proto == IPPROTO_UDP && ctx.load::<u16>(off)? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(off))
 }
 
 /// An address of the quoted packet: its IP checksum and (when quoted) its
 /// L4 checksum follow, and the ICMP checksum follows all three changes.
 #[inline(always)]
-fn quoted_addr(ctx: &TcContext, err: &IcmpError, off: usize, old: u32, new: u32) -> Result<(), i64> {
-    if old == new {
-        return Ok(());
-    }
+fn quoted_addr(ctx: &TcContext, err: &IcmpError, off: usize, old: u32, new: u32, l4_csum: Option<usize>) -> Result<(), i64> {
     quoted_csum(ctx, err, err.inner_l3_off + IP_CSUM_OFF, old, new, 4)?;
-    quoted_l4_csum(ctx, err, old, new, 4)?;
+    if let Some(l4) = l4_csum {
+        quoted_csum(ctx, err, l4, old, new, 4)?;
+    }
     ctx.store(err.inner_l3_off + off, &new, 0)?;
     icmp_csum(ctx, err, old, new, 4)
 }
 
 #[inline(always)]
-fn quoted_port(ctx: &TcContext, err: &IcmpError, off: usize, old: u16, new: u16) -> Result<(), i64> {
-    if old == new {
-        return Ok(());
+fn quoted_port(ctx: &TcContext, err: &IcmpError, off: usize, old: u16, new: u16, l4_csum: Option<usize>) -> Result<(), i64> {
+    if let Some(l4) = l4_csum {
+        quoted_csum(ctx, err, l4, old as u32, new as u32, 2)?;
     }
-    quoted_l4_csum(ctx, err, old as u32, new as u32, 2)?;
     ctx.store(err.inner_l4_off + off, &new, 0)?;
     icmp_csum(ctx, err, old as u32, new as u32, 2)
-}
-
-/// The quoted TCP or UDP checksum, if the quote reaches it (an error may
-/// quote as little as 8 bytes of it) and it is in use (UDP's 0 is "none").
-#[inline(always)]
-fn quoted_l4_csum(ctx: &TcContext, err: &IcmpError, old: u32, new: u32, size: u64) -> Result<(), i64> {
-    let off = err.inner_l4_csum_off();
-    if off + 2 > ctx.len() as usize {
-        return Ok(());
-    }
-    if err.quote.proto == IPPROTO_UDP && ctx.load::<u16>(off)? == 0 {
-        return Ok(());
-    }
-    quoted_csum(ctx, err, off, old, new, size)
 }
 
 /// A checksum field inside the quote, updated for a field it covers going

@@ -39,6 +39,24 @@ pub fn proxy_tc_pod_egress(ctx: TcContext) -> i32 {
     tc::pod_egress(&ctx)
 }
 
+/// ICMP errors handed on by the tc programs on ingress (a tail call).
+#[classifier]
+pub fn proxy_tc_icmp(ctx: TcContext) -> i32 {
+    tc::icmp(&ctx, true)
+}
+
+/// ICMP errors handed on by `proxy_tc_pod_egress` (a tail call).
+#[classifier]
+pub fn proxy_tc_icmp_egress(ctx: TcContext) -> i32 {
+    tc::icmp(&ctx, false)
+}
+
+/// A packet the entry points decided to refuse (a tail call).
+#[classifier]
+pub fn proxy_tc_refuse(ctx: TcContext) -> i32 {
+    tc::refuse(&ctx)
+}
+
 /// tc ingress on the node's external devices: NodePort, LoadBalancer and
 /// external IP traffic from outside, and replies from remote backends.
 #[classifier]

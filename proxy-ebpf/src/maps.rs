@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use proxy_common::{
     maps::{AffinityKey, AffinityValue, MAX_AFFINITY, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES, MAX_SOURCE_RANGES},
@@ -73,3 +73,9 @@ pub static REFUSALS: LruHashMap<u32, proxy_common::ratelimit::RefusalBucket> =
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<proxy_common::frag::FragKey, proxy_common::frag::FragPorts> =
     LruHashMap::pinned(proxy_common::frag::MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Programs the tc entry points hand rare packets to (a tail call), so that
+/// the verifier walks them once on their own instead of inside every entry
+/// point: the slots are `proxy_common::tail::*`, filled by the agent.
+#[map(name = "TAIL_CALLS")]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::pinned(proxy_common::tail::SLOTS, 0);

@@ -99,6 +99,15 @@ impl Flow {
 
 pub const IPPROTO_ICMP: u8 = 1;
 
+/// Where an ICMP message's headers are.
+#[derive(Clone, Copy)]
+pub struct IcmpAt {
+    pub l3_off: usize,
+    pub icmp_off: usize,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
 /// An ICMP error (destination unreachable, time exceeded) quoting a TCP or
 /// UDP packet. Offsets from the start of the frame.
 pub struct IcmpError {
@@ -126,7 +135,8 @@ impl IcmpError {
 
 pub enum Parsed {
     Flow(Flow),
-    IcmpError(IcmpError),
+    /// An ICMP message, not a later fragment; `parse_icmp_error` reads it.
+    Icmp(IcmpAt),
     /// Not IPv4 TCP/UDP or an ICMP error about them, or a non-first
     /// fragment: nothing to translate.
     Other,
@@ -160,7 +170,12 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
         if fragment == Fragment::Later {
             return Ok(Parsed::Other);
         }
-        return parse_icmp_error(ctx, l3_off, l4_off, saddr, daddr);
+        return Ok(Parsed::Icmp(IcmpAt {
+            l3_off,
+            icmp_off: l4_off,
+            saddr,
+            daddr,
+        }));
     }
     let ip_id = ctx.load_at::<u16>(l3_off + 4)?;
     let (sport, dport, tcp_flags) = match fragment {
@@ -188,27 +203,28 @@ pub fn parse<P: PacketLoad>(ctx: &P) -> Result<Parsed, ()> {
     }))
 }
 
-/// An ICMP error's quoted packet, when it is the first (or only) fragment of
-/// a TCP or UDP packet; anything else is `Other`.
+/// An ICMP error whose quoted packet is the first (or only) fragment of a
+/// TCP or UDP packet; `None` for any other ICMP message.
 #[inline(always)]
-fn parse_icmp_error<P: PacketLoad>(ctx: &P, l3_off: usize, icmp_off: usize, saddr: u32, daddr: u32) -> Result<Parsed, ()> {
+pub fn parse_icmp_error<P: PacketLoad>(ctx: &P, at: &IcmpAt) -> Result<Option<IcmpError>, ()> {
+    let IcmpAt { l3_off, icmp_off, saddr, daddr } = *at;
     if !is_error(ctx.load_at::<u8>(icmp_off)?) {
-        return Ok(Parsed::Other);
+        return Ok(None);
     }
     // The ICMP header (8 bytes), then the quoted IPv4 header.
     let inner_l3_off = icmp_off + 8;
     let ver_ihl = ctx.load_at::<u8>(inner_l3_off)?;
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ver_ihl >> 4 != 4 || ihl < 20 {
-        return Ok(Parsed::Other);
+        return Ok(None);
     }
     let proto = ctx.load_at::<u8>(inner_l3_off + 9)?;
     let frag = u16::from_be(ctx.load_at::<u16>(inner_l3_off + 6)?);
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || frag & IP_OFFSET_MASK != 0 {
-        return Ok(Parsed::Other);
+        return Ok(None);
     }
     let inner_l4_off = inner_l3_off + ihl;
-    Ok(Parsed::IcmpError(IcmpError {
+    Ok(Some(IcmpError {
         l3_off,
         icmp_off,
         saddr,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::error;
-use proxy_common::{frag::Fragment, CtDirection, Verdict};
+use proxy_common::{frag::Fragment, tail, CtDirection, Verdict};
 
 use crate::{
     conntrack::{ct4_lookup_reply, ct_key},
@@ -20,9 +20,9 @@ use crate::{
     fib::fib_redirect,
     frag::with_ports,
     lb::Role,
-    maps::count,
+    maps::{count, TAIL_CALLS},
     nat::{rewrite, Side},
-    packet::{parse, Flow, IcmpError, Parsed, IPPROTO_ICMP},
+    packet::{parse, parse_icmp_error, Flow, IcmpAt, Parsed, IPPROTO_ICMP},
     reject::reject,
 };
 
@@ -35,13 +35,17 @@ pub fn ingress(ctx: &TcContext, role: Role) -> i32 {
                 Decision::Drop(verdict) => (verdict, TC_ACT_SHOT),
                 // A later fragment has no header to answer from.
                 Decision::Refuse if flow.fragment == Fragment::Later => (Verdict::NoBackend, TC_ACT_SHOT),
-                Decision::Refuse => reject(ctx, &flow),
+                // Refusals are built in a program of their own.
+                Decision::Refuse => {
+                    hand_on(ctx, tail::REFUSE);
+                    (Verdict::Error, TC_ACT_SHOT)
+                }
                 Decision::Rewrite(rw) => apply(ctx, &flow, &rw),
             },
             // A later fragment whose first one this device did not see.
             None => (Verdict::NotService, TC_ACT_UNSPEC),
         },
-        Ok(Parsed::IcmpError(err)) => icmp_error(ctx, &err, true),
+        Ok(Parsed::Icmp(_)) => hand_on(ctx, tail::ICMP_INGRESS),
         Ok(Parsed::Other) => (Verdict::NotService, TC_ACT_UNSPEC),
         // Malformed: not ours to judge; the stack drops it if it must.
         Err(()) => (Verdict::Error, TC_ACT_UNSPEC),
@@ -62,12 +66,9 @@ pub fn pod_egress(ctx: &TcContext) -> i32 {
             Some(flow) => flow,
             None => return TC_ACT_UNSPEC,
         },
-        Ok(Parsed::IcmpError(err)) => {
-            let (verdict, action) = icmp_error(ctx, &err, false);
-            if verdict != Verdict::NotService {
-                count(verdict);
-            }
-            return action;
+        Ok(Parsed::Icmp(_)) => {
+            hand_on(ctx, tail::ICMP_EGRESS);
+            return TC_ACT_UNSPEC;
         }
         _ => return TC_ACT_UNSPEC,
     };
@@ -81,10 +82,50 @@ pub fn pod_egress(ctx: &TcContext) -> i32 {
     action
 }
 
-/// An ICMP error: translated when it is about a tracked flow, then
-/// forwarded by us when `may_redirect` and the flow's path needs it.
+/// A packet an entry point decided to refuse: a reset or a port
+/// unreachable sent back (or, over the client's ICMP rate, the packet
+/// dropped).
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, err: &IcmpError, may_redirect: bool) -> (Verdict, i32) {
+pub fn refuse(ctx: &TcContext) -> i32 {
+    let (verdict, action) = match parse(ctx) {
+        Ok(Parsed::Flow(flow)) => reject(ctx, &flow),
+        _ => (Verdict::Error, TC_ACT_SHOT),
+    };
+    count(verdict);
+    action
+}
+
+/// Hands the packet to the program in `slot` (it does not come back); if
+/// the slot is empty, the packet goes on untouched.
+#[inline(always)]
+fn hand_on(ctx: &TcContext, slot: u32) -> (Verdict, i32) {
+    // SAFETY: a tail call into a program the agent put there; on failure
+    // (an empty slot) control returns here.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) };
+    (Verdict::NotService, TC_ACT_UNSPEC)
+}
+
+/// An ICMP message handed on by an entry point: an error about a tracked
+/// flow is translated, then forwarded by us when `may_redirect` and the
+/// flow's path needs it; anything else goes on untouched.
+#[inline(always)]
+pub fn icmp(ctx: &TcContext, may_redirect: bool) -> i32 {
+    let (verdict, action) = match parse(ctx) {
+        Ok(Parsed::Icmp(at)) => icmp_error(ctx, &at, may_redirect),
+        _ => (Verdict::NotService, TC_ACT_UNSPEC),
+    };
+    if verdict != Verdict::NotService {
+        count(verdict);
+    }
+    action
+}
+
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, at: &IcmpAt, may_redirect: bool) -> (Verdict, i32) {
+    let Ok(Some(err)) = parse_icmp_error(ctx, at) else {
+        return (Verdict::NotService, TC_ACT_UNSPEC);
+    };
+    let err = &err;
     let Some(rw) = decide_icmp(err) else {
         return (Verdict::NotService, TC_ACT_UNSPEC);
     };

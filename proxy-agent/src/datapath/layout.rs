@@ -10,6 +10,7 @@ use proxy_common::{
     config::CONFIG_MAP,
     ratelimit::{RefusalBucket, MAX_REFUSAL_CLIENTS, REFUSALS_MAP},
     frag::{FragKey, FragPorts, FRAGMENTS_MAP, MAX_FRAGMENTED_DATAGRAMS},
+    tail::{SLOTS, TAIL_CALLS_MAP},
     maps::{
         AffinityKey, AffinityValue, AFFINITY_MAP, BACKENDS_MAP, BACKEND_SLOTS_MAP, MAX_AFFINITY, CONNTRACK_MAP, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES,
         MAX_SOURCE_RANGES, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP,
@@ -38,7 +39,7 @@ const fn shape<K, V>(max_entries: u32) -> Shape {
 }
 
 /// Every pinned map the programs declare, as this build lays it out.
-pub const EXPECTED: [(&str, Shape); 12] = [
+pub const EXPECTED: [(&str, Shape); 13] = [
     (SERVICES_MAP, shape::<ServiceKey, ServiceValue>(MAX_SERVICES)),
     (BACKEND_SLOTS_MAP, shape::<BackendSlotKey, u32>(MAX_BACKEND_SLOTS)),
     (BACKENDS_MAP, shape::<u32, Backend>(MAX_BACKENDS)),
@@ -52,6 +53,7 @@ pub const EXPECTED: [(&str, Shape); 12] = [
     (AFFINITY_MAP, shape::<AffinityKey, AffinityValue>(MAX_AFFINITY)),
     (REFUSALS_MAP, shape::<u32, RefusalBucket>(MAX_REFUSAL_CLIENTS)),
     (FRAGMENTS_MAP, shape::<FragKey, FragPorts>(MAX_FRAGMENTED_DATAGRAMS)),
+    (TAIL_CALLS_MAP, shape::<u32, u32>(SLOTS)),
 ];
 
 /// Unpins every map under `dir` whose layout differs from this build's, so

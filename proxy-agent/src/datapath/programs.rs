@@ -4,7 +4,9 @@ use anyhow::Context;
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType};
+use aya::maps::{MapData, ProgramArray};
 use aya::{Ebpf, EbpfLoader};
+use proxy_common::tail;
 
 use super::PinLayout;
 
@@ -76,13 +78,36 @@ pub fn load(layout: &PinLayout) -> anyhow::Result<Ebpf> {
         .load(PROGRAM_OBJECT)
         .context("loading the eBPF object")?;
     for hook in TcHook::ALL {
+        let started = std::time::Instant::now();
         let program: &mut SchedClassifier = ebpf
             .program_mut(hook.program())
             .with_context(|| format!("{} missing from the object", hook.program()))?
             .try_into()?;
         program.load().with_context(|| format!("loading {} (verifier)", hook.program()))?;
+        tracing::info!(program = hook.program(), elapsed_ms = started.elapsed().as_millis() as u64, "loaded");
     }
+    fill_tail_calls(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Loads the programs the tc entry points hand rare packets to and puts
+/// them in the (pinned) tail-call array, replacing an earlier agent's.
+fn fill_tail_calls(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut fds = Vec::new();
+    for (slot, name) in tail::PROGRAMS {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name} (verifier)"))?;
+        fds.push((slot, program.fd()?.try_clone()?));
+    }
+    let map = ebpf.map_mut(tail::TAIL_CALLS_MAP).context("tail-call map missing from the object")?;
+    let mut array: ProgramArray<&mut MapData> = map.try_into()?;
+    for (slot, fd) in &fds {
+        array.set(*slot, fd, 0).with_context(|| format!("filling tail-call slot {slot}"))?;
+    }
+    Ok(())
 }
 
 /// Attaches `hook`'s program to `device` with a pinned tcx link, behind
