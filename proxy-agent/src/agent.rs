@@ -10,13 +10,13 @@ use anyhow::Context;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::attacher::{Attacher, Xdp};
+use crate::attacher::{Attacher, LocalEndpoints, Xdp};
 use crate::attachments::{self, DeviceSelection, NamePattern};
 use crate::conntrack_gc;
 use crate::datapath::{self, PinLayout, PinnedMaps};
 use crate::datapath_config::{self, PortRange, Switches};
 use crate::port_protection;
-use crate::diff::{diff, diff_touched};
+use crate::diff::{diff, diff_touched, Op};
 use crate::model::{self, Cidr, Config, LiveModel, Slice};
 use crate::skip::Skipped;
 use crate::source::kube::KubeSource;
@@ -211,8 +211,8 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut sigint = signal(SignalKind::interrupt())?;
     source.wait_ready(started).await?;
     let mut resync = true;
-    // This node's endpoints' addresses, refreshed when a sync wrote maps.
-    let mut local: Option<Vec<std::net::Ipv4Addr>> = None;
+    // This node's endpoints, followed through each sync's map writes.
+    let mut local = LocalEndpoints::default();
     loop {
         if resync {
             source.update_node(&mut config, !args.node_ips.is_empty());
@@ -222,12 +222,14 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             let sync_started = telemetry.sync_started();
             match source.read(node_changed) {
                 Ok((changes, skipped)) => {
-                    let ops = sync.run(&mut maps, changes, &config, skipped);
+                    let outcome = sync.run(&mut maps, changes, &config, skipped);
                     telemetry.synced(sync_started, sync.report());
-                    if ops > 0 || local.is_none() {
-                        local = Some(local_endpoints(sync.tables.tables()));
+                    if outcome.incremental {
+                        local.apply(&outcome.ops);
+                    } else {
+                        local.rebuild(sync.tables.tables());
                     }
-                    if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| ops > 0) {
+                    if let Some(rev_nat) = sock_rev_nat.as_ref().filter(|_| !outcome.ops.is_empty()) {
                         telemetry.udp_sockets_aborted(stale_sockets::abort_stale(rev_nat, sync.tables.tables()));
                     }
                 }
@@ -250,7 +252,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
             attached = true;
             tracing::info!("datapath serving");
         }
-        attacher.check_local_endpoints(local.as_deref().unwrap_or_default()).await;
+        attacher.check_local_endpoints(&mut local).await;
         attacher.report(&telemetry);
         resync = false;
         tokio::select! {
@@ -264,19 +266,6 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     }
     tracing::info!("stopping; programs and maps stay pinned in {}", layout.root.display());
     Ok(())
-}
-
-/// The addresses of this node's endpoints, sorted and deduplicated.
-fn local_endpoints(tables: &Tables) -> Vec<std::net::Ipv4Addr> {
-    let mut out: Vec<std::net::Ipv4Addr> = tables
-        .backends
-        .values()
-        .filter(|b| b.flags & proxy_common::maps::backend_flags::LOCAL != 0)
-        .map(|b| std::net::Ipv4Addr::from(b.addr.to_ne_bytes()))
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 /// glibc gives each thread that allocates its own arena, and memory freed
@@ -416,6 +405,15 @@ fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>
     }))
 }
 
+/// What one sync did.
+struct SyncOutcome {
+    /// The map writes it planned.
+    ops: Vec<Op>,
+    /// A change of some Services whose writes all went through: `ops` are
+    /// exactly what changed in the tables.
+    incremental: bool,
+}
+
 /// The model and tables the agent wants in the maps, both kept up to date
 /// one Service at a time, and what the maps hold when that differs.
 struct Sync {
@@ -454,7 +452,7 @@ impl Sync {
 
     /// Brings the maps to what `changes` ask for; returns how many map
     /// writes that planned.
-    fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) -> usize {
+    fn run(&mut self, maps: &mut PinnedMaps, changes: Changes, config: &Config, mut skipped: Vec<Skipped>) -> SyncOutcome {
         let started = Instant::now();
         let full = matches!(changes, Changes::All { .. });
         let mut health_checks_changed = full;
@@ -525,7 +523,10 @@ impl Sync {
             elapsed_us = started.elapsed().as_micros() as u64,
             "synced"
         );
-        ops.len()
+        SyncOutcome {
+            incremental: !full && failures.is_empty(),
+            ops,
+        }
     }
 
     /// Whether a change to this Service can change the health check

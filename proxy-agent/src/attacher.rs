@@ -10,7 +10,11 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use proxy_common::maps::backend_flags;
+
 use crate::attachments::{role_name, Action, Attachments, DeviceSelection, Link, SocketLb};
+use crate::diff::Op;
+use crate::tables::Tables;
 use crate::datapath::links::{LinkEvent, RouteLookup};
 use crate::datapath::{self, DeviceRole, PinLayout};
 use crate::telemetry::{metrics::AttachFigures, Telemetry};
@@ -57,29 +61,46 @@ impl Attacher {
     }
 
     /// Checks that every local endpoint is behind a device the programs
-    /// serve. Routes are looked up once per address and kept: again only
-    /// for addresses that had none or whose device went, when the node's
-    /// devices changed (a pod's route appears with its device). So a sync
-    /// costs lookups for its new endpoints alone, and a new pod for its own.
-    pub async fn check_local_endpoints(&mut self, local_endpoints: &[Ipv4Addr]) {
+    /// serve, at the cost of what changed: routes are looked up for new
+    /// endpoints only and kept; when the node's devices change (a pod's
+    /// route appears with its device), again for those without a route or
+    /// whose device went, and every endpoint is judged again.
+    pub async fn check_local_endpoints(&mut self, local: &mut LocalEndpoints) {
         let Some(routes) = &self.routes else { return };
         let generation = self.state.generation();
         let devices_changed = self.checked_generation != Some(generation);
-        if !devices_changed && self.route_of.len() == local_endpoints.len() && local_endpoints.iter().all(|a| self.route_of.contains_key(a)) {
-            return;
-        }
-        self.route_of.retain(|addr, _| local_endpoints.binary_search(addr).is_ok());
-        for addr in local_endpoints {
-            let stale = match self.route_of.get(addr) {
-                None => true,
-                Some(index) => devices_changed && index.is_none_or(|i| !self.state.has_link(i)),
-            };
-            if stale {
-                self.route_of.insert(*addr, routes.device_for(*addr).await);
+        let changes = local.take_changes();
+        let mut judge: Vec<Ipv4Addr> = Vec::new();
+        if changes.rebuilt {
+            self.route_of.clear();
+            self.state.clear_unserved();
+            judge.extend(local.addresses());
+        } else {
+            for addr in &changes.removed {
+                self.route_of.remove(addr);
+                self.state.set_unserved(*addr, None);
             }
+            judge.extend(&changes.added);
         }
-        let found: Vec<(Ipv4Addr, u32)> = self.route_of.iter().filter_map(|(a, i)| i.map(|i| (*a, i))).collect();
-        self.state.check_endpoints(&found);
+        for addr in &judge {
+            self.route_of.insert(*addr, routes.device_for(*addr).await);
+        }
+        if devices_changed {
+            let stale: Vec<Ipv4Addr> = self
+                .route_of
+                .iter()
+                .filter(|(_, index)| index.is_none_or(|i| !self.state.has_link(i)))
+                .map(|(addr, _)| *addr)
+                .collect();
+            for addr in stale {
+                self.route_of.insert(addr, routes.device_for(addr).await);
+            }
+            judge = self.route_of.keys().copied().collect();
+        }
+        for addr in judge {
+            let device = self.route_of.get(&addr).copied().flatten().and_then(|i| self.state.unserved_device(i)).map(String::from);
+            self.state.set_unserved(addr, device);
+        }
         self.checked_generation = Some(generation);
     }
 
@@ -209,5 +230,127 @@ impl Attacher {
             problems: 0,
         };
         telemetry.attachments(figures, self.state.problems());
+    }
+}
+
+/// This node's endpoints (backends with the local flag): built from the
+/// tables, then kept up to date from each sync's backend writes, so a sync
+/// of one Service costs its own backends, not a walk of every backend; the
+/// addresses that came and went since the last check are handed to it.
+#[derive(Default)]
+pub struct LocalEndpoints {
+    by_id: HashMap<u32, Ipv4Addr>,
+    /// How many local backends (ports, protocols) share each address.
+    count: HashMap<Ipv4Addr, u32>,
+    added: Vec<Ipv4Addr>,
+    removed: Vec<Ipv4Addr>,
+    rebuilt: bool,
+}
+
+pub struct LocalChanges {
+    pub rebuilt: bool,
+    pub added: Vec<Ipv4Addr>,
+    pub removed: Vec<Ipv4Addr>,
+}
+
+impl LocalEndpoints {
+    pub fn rebuild(&mut self, tables: &Tables) {
+        *self = LocalEndpoints::default();
+        for (id, backend) in &tables.backends {
+            if backend.flags & backend_flags::LOCAL != 0 {
+                self.insert(*id, Ipv4Addr::from(backend.addr.to_ne_bytes()));
+            }
+        }
+        self.added.clear();
+        self.removed.clear();
+        self.rebuilt = true;
+    }
+
+    pub fn apply(&mut self, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::PutBackend(id, b) if b.flags & backend_flags::LOCAL != 0 => {
+                    self.remove(*id);
+                    self.insert(*id, Ipv4Addr::from(b.addr.to_ne_bytes()));
+                }
+                Op::PutBackend(id, _) | Op::DeleteBackend(id) => self.remove(*id),
+                _ => {}
+            }
+        }
+    }
+
+    fn insert(&mut self, id: u32, addr: Ipv4Addr) {
+        self.by_id.insert(id, addr);
+        let n = self.count.entry(addr).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.added.push(addr);
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        let Some(addr) = self.by_id.remove(&id) else { return };
+        if let Some(n) = self.count.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.count.remove(&addr);
+                self.removed.push(addr);
+            }
+        }
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.count.keys().copied()
+    }
+
+    /// What changed since the last call. An address that went and came
+    /// back in between is in both lists: removed, then added.
+    pub fn take_changes(&mut self) -> LocalChanges {
+        LocalChanges {
+            rebuilt: std::mem::take(&mut self.rebuilt),
+            added: std::mem::take(&mut self.added).into_iter().filter(|a| self.count.contains_key(a)).collect(),
+            removed: std::mem::take(&mut self.removed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_common::Backend;
+
+    fn backend(last: u8, local: bool) -> Backend {
+        Backend {
+            addr: u32::from_ne_bytes([10, 244, 1, last]),
+            port: 8080u16.to_be(),
+            proto: 6,
+            flags: if local { backend_flags::LOCAL } else { 0 },
+        }
+    }
+
+    #[test]
+    fn local_endpoints_follow_backend_writes() {
+        let mut tables = Tables::default();
+        tables.backends.insert(1, backend(10, true));
+        tables.backends.insert(2, backend(11, false));
+        let mut local = LocalEndpoints::default();
+        local.rebuild(&tables);
+        let first = local.take_changes();
+        assert!(first.rebuilt);
+        assert_eq!(local.addresses().collect::<Vec<_>>(), vec![Ipv4Addr::new(10, 244, 1, 10)]);
+        // A second backend (UDP) on the same address: nothing new to check.
+        let mut udp = backend(10, true);
+        udp.proto = 17;
+        local.apply(&[Op::PutBackend(3, udp), Op::PutBackend(4, backend(12, true))]);
+        let c = local.take_changes();
+        assert_eq!((c.rebuilt, c.added, c.removed), (false, vec![Ipv4Addr::new(10, 244, 1, 12)], vec![]));
+        // One of the two at .10 goes: .10 stays; .12 turns remote: it goes.
+        local.apply(&[Op::DeleteBackend(1), Op::PutBackend(4, backend(12, false))]);
+        let c = local.take_changes();
+        assert_eq!((c.added, c.removed), (vec![], vec![Ipv4Addr::new(10, 244, 1, 12)]));
+        // Gone and back between two checks: checked again.
+        local.apply(&[Op::DeleteBackend(3), Op::PutBackend(3, udp)]);
+        let c = local.take_changes();
+        assert_eq!((c.added, c.removed), (vec![Ipv4Addr::new(10, 244, 1, 10)], vec![Ipv4Addr::new(10, 244, 1, 10)]));
     }
 }

@@ -106,6 +106,9 @@ struct Device {
     failure: Option<String>,
 }
 
+/// Local endpoints without programs named in `problems`; the rest counted.
+const UNSERVED_NAMED: usize = 5;
+
 /// The socket hooks' state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SocketLb {
@@ -127,8 +130,8 @@ pub struct Attachments {
     links: BTreeMap<u32, Link>,
     /// Bumped on every change of `links` or `devices`.
     generation: u64,
-    /// Local endpoints whose device has no programs, from the last check.
-    unserved: Vec<String>,
+    /// Local endpoints whose device has no programs: the device's name.
+    unserved: BTreeMap<std::net::Ipv4Addr, String>,
 }
 
 impl Attachments {
@@ -140,7 +143,7 @@ impl Attachments {
             listed: false,
             links: BTreeMap::new(),
             generation: 0,
-            unserved: Vec::new(),
+            unserved: BTreeMap::new(),
         }
     }
 
@@ -247,33 +250,46 @@ impl Attachments {
             .collect()
     }
 
-    /// Takes the route of each local endpoint (its address and the device
-    /// the node routes it to, as `ip route get` answers): an endpoint on a
-    /// pod device without our programs cannot be served (replies of its
-    /// NodePort flows, its pods' connected UDP), nor one on a bridge none of
-    /// whose ports has them. Endpoints on the node's own devices or its
-    /// loopback (host-network pods) need no pod device.
-    pub fn check_endpoints(&mut self, routes: &[(std::net::Ipv4Addr, u32)]) {
-        let served = |index: u32| {
-            self.devices.get(&index).is_some_and(|d| d.failure.is_none())
-                || self
-                    .devices
-                    .iter()
-                    .any(|(i, d)| d.role == DeviceRole::Pod && d.failure.is_none() && self.links.get(i).and_then(|l| l.master) == Some(index))
+    /// For a local endpoint the node routes to device `index` (as `ip route
+    /// get` answers): the device's name when the endpoint cannot be served
+    /// there, a pod device without our programs (replies of its NodePort
+    /// flows, its pods' connected UDP), or a bridge none of whose ports has
+    /// them. Endpoints on the node's own devices or its loopback
+    /// (host-network pods) need no pod device.
+    pub fn unserved_device(&self, index: u32) -> Option<&str> {
+        let link = self.links.get(&index)?;
+        if link.name == "lo" || self.selection.role(&link.name) == Some(DeviceRole::External) {
+            return None;
+        }
+        let served = self.devices.get(&index).is_some_and(|d| d.failure.is_none())
+            || self
+                .devices
+                .iter()
+                .any(|(i, d)| d.role == DeviceRole::Pod && d.failure.is_none() && self.links.get(i).and_then(|l| l.master) == Some(index));
+        (!served).then_some(link.name.as_str())
+    }
+
+    /// Records whether local endpoint `addr` is served (`None`) or which
+    /// device it sits behind without programs.
+    pub fn set_unserved(&mut self, addr: std::net::Ipv4Addr, device: Option<String>) {
+        match device {
+            Some(device) => self.unserved.insert(addr, device),
+            None => self.unserved.remove(&addr),
         };
-        self.unserved = routes
-            .iter()
-            .filter(|(_, index)| {
-                let Some(link) = self.links.get(index) else { return false };
-                link.name != "lo" && self.selection.role(&link.name) != Some(DeviceRole::External) && !served(*index)
-            })
-            .map(|(addr, index)| {
-                format!(
-                    "local endpoint {addr} is behind device {}, which has no programs (does --pod-device-patterns match it?)",
-                    self.links[index].name
-                )
-            })
-            .collect();
+    }
+
+    pub fn clear_unserved(&mut self) {
+        self.unserved.clear();
+    }
+
+    /// `set_unserved` for each (address, route device) at once.
+    #[cfg(test)]
+    pub fn check_endpoints(&mut self, routes: &[(std::net::Ipv4Addr, u32)]) {
+        self.clear_unserved();
+        for (addr, index) in routes {
+            let device = self.unserved_device(*index).map(String::from);
+            self.set_unserved(*addr, device);
+        }
     }
 
     /// Why the datapath cannot serve everything the maps hold: a node
@@ -300,7 +316,16 @@ impl Attachments {
                 out.push(format!("{} device {}: programs not attached: {error}", role_name(d.role), d.name));
             }
         }
-        out.extend(self.unserved.iter().cloned());
+        // A few by name, then how many more: /healthz stays readable with a
+        // CNI that matches nothing on a full node.
+        for (addr, device) in self.unserved.iter().take(UNSERVED_NAMED) {
+            out.push(format!(
+                "local endpoint {addr} is behind device {device}, which has no programs (does --pod-device-patterns match it?)"
+            ));
+        }
+        if self.unserved.len() > UNSERVED_NAMED {
+            out.push(format!("{} more local endpoints behind devices without programs", self.unserved.len() - UNSERVED_NAMED));
+        }
         out
     }
 }
