@@ -24,7 +24,7 @@ use proxy_lab::manifests::ServiceSpec;
 use proxy_lab::privilege::require_root;
 use proxy_lab::{Lab, Reply, Summary};
 
-const REQUESTS: u32 = 20;
+const REQUESTS: u32 = 40;
 const TIMEOUT_MS: u32 = 1000;
 const LB_IP: &str = "10.200.0.10";
 const NODE_PORT: u16 = 30080;
