@@ -55,6 +55,16 @@ pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
     Some(value)
 }
 
+/// Deletes the reply entry at `key`, if there is one: its flow's tuple now
+/// carries another flow.
+#[inline(always)]
+pub fn ct4_forget_reply(key: &CtKey) {
+    // SAFETY: only looked at, to skip the delete in the common case.
+    if unsafe { CONNTRACK.get(key) }.is_some() {
+        let _ = CONNTRACK.remove(key);
+    }
+}
+
 /// Marks an entry of a flow that saw a FIN or RST: it is over once idle for
 /// `CLOSED_IDLE_NS`, and a SYN on it is a new connection.
 #[inline(always)]

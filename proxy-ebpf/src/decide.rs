@@ -8,12 +8,12 @@ use proxy_common::{
     config::config_flags,
     conntrack::{ct_flags, flow_is_over},
     maps::{scope, service_flags},
-    Backend, CtDirection, CtKey, CtValue, Verdict, IPPROTO_TCP,
+    Backend, CtDirection, CtKey, CtValue, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     conntrack::{
-        ct4_create, ct4_create_snat, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_mark_entry_closing,
+        ct4_create, ct4_create_snat, ct4_forget_reply, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_mark_entry_closing,
         ct4_refresh, ct_key, now_ns, source_after_nat, Nat,
     },
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend_for, lb4_source_allowed, Frontend, Role},
@@ -65,6 +65,14 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
         // never allocated): refused at once, as kube-proxy does.
         if (role == Role::Pod || external_cluster_ip) && config.in_service_range(flow.daddr) {
             return Decision::Refuse;
+        }
+        // A new flow straight to an address that a translated flow of this
+        // tuple once reached as a backend (a socket the hooks connected to
+        // the backend, or a pod talking to it directly, on a source port a
+        // translated flow used before): that flow is over, and its reply
+        // entry would put a frontend on this flow's replies.
+        if flow.proto == IPPROTO_UDP || flow.is_tcp_open() {
+            ct4_forget_reply(&CtKey::new(flow.daddr, flow.saddr, flow.dport, flow.sport, flow.proto, CtDirection::Reply));
         }
         return Decision::Pass(Verdict::NotService);
     };

@@ -466,6 +466,17 @@ impl Lab {
         self.requests_in_background(from_ns, proto, target, count, timeout_ms, 0)?.wait()
     }
 
+    /// Like `requests`, every UDP socket bound to source port `port` (as a
+    /// client reusing a port does).
+    pub fn requests_from_port(&self, from_ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32, port: u16) -> anyhow::Result<Vec<Reply>> {
+        let child = self
+            .client_command(from_ns, proto, target, count, timeout_ms, 0)?
+            .env("LAB_CLIENT_SOURCE_PORT", port.to_string())
+            .spawn()
+            .context("starting lab-client")?;
+        BackgroundRequests { child }.wait()
+    }
+
     /// A command that runs `program` in namespace `ns`, and in the cgroup of
     /// the pod that namespace belongs to, as a container's process runs.
     pub fn command_in(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {

@@ -303,3 +303,34 @@ fn a_pods_connected_udp_socket_follows_its_endpoint_leaving() {
         assert!(after_move.iter().all(|r| r.backend() == Some(to)), "{case}: {after_move:?}");
     }
 }
+
+/// A pod's source port used first by a connected UDP socket to one Service
+/// (translated per packet, tracked) and then by UDP sockets to another
+/// Service on the same backends (translated by the socket hooks, untracked):
+/// the old flow's reply entry must not put the first Service's address on
+/// the new flow's replies. A CI run caught it once by chance: one reply of
+/// 40 "from" the DNS Service's address.
+#[test]
+fn a_reused_source_port_never_gets_another_flows_frontend() {
+    if !require_root("a_reused_source_port_never_gets_another_flows_frontend") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    let _api = lab.start_apiserver().expect("API server");
+    lab.register_nodes().unwrap();
+    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    lab.kubectl_apply(&web(&lab, &["web-2"])).unwrap();
+    lab.kubectl_apply(&dns(&lab, &["web-2"])).unwrap();
+    let agent = lab.start_agent_on_api(0).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    let client = lab.pod("client-a");
+    let first = lab.requests_from_port(&client.ns, "udp-connected", "10.96.0.53:53", 1, TIMEOUT_MS, 40001).unwrap();
+    assert_eq!(Summary::of(&first).failed, 0, "{first:?}");
+    for proto in ["udp", "udp-connected"] {
+        let replies = lab.requests_from_port(&client.ns, proto, "10.96.0.10:80", 20, TIMEOUT_MS, 40001).unwrap();
+        let s = Summary::of(&replies);
+        println!("{proto} to 10.96.0.10:80 from port 40001 after a flow to 10.96.0.53:53: {s:?}");
+        assert_eq!(s.failed, 0, "{proto}: {:?}", s.errors);
+        assert_eq!(s.replies_from.keys().collect::<Vec<_>>(), vec!["10.96.0.10:80"], "{proto}");
+    }
+}

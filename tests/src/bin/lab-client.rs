@@ -112,7 +112,7 @@ fn bulk(target: SocketAddr, timeout: Duration, download: bool, bytes: u64) -> an
 }
 
 fn udp_big(target: SocketAddr, timeout: Duration, connected: bool, bytes: usize) -> anyhow::Result<(String, SocketAddr)> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = UdpSocket::bind(("0.0.0.0", source_port()))?;
     socket.set_read_timeout(Some(timeout))?;
     let mut request = format!("big {bytes}\n").into_bytes();
     request.resize(bytes.max(request.len()), b'y');
@@ -129,10 +129,15 @@ fn udp_big(target: SocketAddr, timeout: Duration, connected: bool, bytes: usize)
     Ok((line, from))
 }
 
+/// The UDP source port to bind: `LAB_CLIENT_SOURCE_PORT`, else any.
+fn source_port() -> u16 {
+    std::env::var("LAB_CLIENT_SOURCE_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
 fn udp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
     // Unconnected, so a reply from any address is received and its source
     // can be checked against the address dialled.
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = UdpSocket::bind(("0.0.0.0", source_port()))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"hello\n", target)?;
     let mut buf = [0u8; 1500];
@@ -141,7 +146,7 @@ fn udp_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String,
 }
 
 fn udp_connected_request(target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = UdpSocket::bind(("0.0.0.0", source_port()))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.connect(target)?;
     connected_exchange(&socket)
@@ -172,7 +177,7 @@ fn keep_request(flow: &mut Option<Flow>, proto: &str, target: SocketAddr, timeou
             stream.set_read_timeout(Some(timeout))?;
             Flow::Tcp(BufReader::new(stream))
         } else {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            let socket = UdpSocket::bind(("0.0.0.0", source_port()))?;
             socket.set_read_timeout(Some(timeout))?;
             if proto == "udp-connected-keep" {
                 socket.connect(target)?;
