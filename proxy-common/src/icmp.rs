@@ -86,9 +86,8 @@ pub const fn towards_client(outer_src: u32, quote: &Quote, entry: &CtValue) -> E
 /// An error about the flow's reply direction, going to the backend; the
 /// flow's original entry is `entry`.
 #[inline(always)]
-pub const fn towards_backend(quote: &Quote, entry: &CtValue) -> ErrorRewrite {
+pub const fn towards_backend(entry: &CtValue) -> ErrorRewrite {
     let snat = entry.flags & ct_flags::SNAT != 0;
-    let _ = quote;
     ErrorRewrite {
         outer_src: None,
         outer_dst: Some(entry.nat_addr),
@@ -104,6 +103,17 @@ mod tests {
 
     fn be(a: [u8; 4]) -> u32 {
         u32::from_ne_bytes(a)
+    }
+
+    /// A quoted packet's tuple, ports in host order.
+    fn quote(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> Quote {
+        Quote {
+            saddr: be(saddr),
+            daddr: be(daddr),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto,
+        }
     }
 
     const CLIENT: [u8; 4] = [10, 100, 0, 100];
@@ -144,13 +154,7 @@ mod tests {
     fn a_backends_port_unreachable_reaches_the_client_as_the_frontends() {
         let (_, _, reply, reply_value) = snat_flow();
         // The backend quotes what it got: node:61000 -> backend:8080.
-        let quote = Quote {
-            saddr: be(NODE),
-            daddr: be(BACKEND),
-            sport: 61000u16.to_be(),
-            dport: 8080u16.to_be(),
-            proto: 17,
-        };
+        let quote = quote(NODE, BACKEND, 61000, 8080, 17);
         assert_eq!(quote.reply_key(), reply);
         let rw = towards_client(be(BACKEND), &quote, &reply_value);
         assert_eq!(rw.outer_src, Some(be(NODE)), "from the frontend");
@@ -167,15 +171,9 @@ mod tests {
         let (orig, orig_value, _, _) = snat_flow();
         // A router towards the client quotes the reply as the node sent it:
         // node:30080 -> client:40000.
-        let quote = Quote {
-            saddr: be(NODE),
-            daddr: be(CLIENT),
-            sport: 30080u16.to_be(),
-            dport: 40000u16.to_be(),
-            proto: 17,
-        };
+        let quote = quote(NODE, CLIENT, 30080, 40000, 17);
         assert_eq!(quote.original_key(), orig);
-        let rw = towards_backend(&quote, &orig_value);
+        let rw = towards_backend(&orig_value);
         assert_eq!(rw.outer_dst, Some(be(BACKEND)));
         assert_eq!(rw.outer_src, None, "the router speaks for itself");
         assert_eq!(rw.inner_src, Some((be(BACKEND), 8080u16.to_be())), "the backend's own reply");
@@ -187,13 +185,7 @@ mod tests {
     fn without_snat_only_the_frontend_is_put_back() {
         let (_, _, _, mut reply_value) = snat_flow();
         reply_value.flags = 0;
-        let quote = Quote {
-            saddr: be(CLIENT),
-            daddr: be(BACKEND),
-            sport: 40000u16.to_be(),
-            dport: 8080u16.to_be(),
-            proto: 6,
-        };
+        let quote = quote(CLIENT, BACKEND, 40000, 8080, 6);
         let rw = towards_client(be(BACKEND), &quote, &reply_value);
         assert_eq!((rw.outer_dst, rw.inner_src), (None, None));
         assert_eq!(rw.inner_dst, Some((be(NODE), 30080u16.to_be())));

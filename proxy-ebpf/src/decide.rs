@@ -8,7 +8,7 @@ use proxy_common::{
     config::config_flags,
     conntrack::{ct_flags, flow_is_over},
     maps::{scope, service_flags},
-    Backend, CtDirection, CtKey, CtValue, Verdict, IPPROTO_TCP, IPPROTO_UDP,
+    Backend, CtDirection, CtKey, CtValue, DatapathConfig, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -90,7 +90,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
         }
         // New, or its backend was removed (a UDP stream to a deleted pod):
         // a live backend instead of a black hole.
-        None => match new_flow(flow, &orig, &frontend, role) {
+        None => match new_flow(flow, &orig, &frontend, role, &config) {
             Ok(nat) => nat,
             Err(NoNat::NoBackend) if svc.flags & service_flags::NO_LOCAL_ENDPOINTS != 0 => {
                 return Decision::Drop(Verdict::NoLocalBackend)
@@ -186,7 +186,7 @@ enum NoNat {
 /// Chooses a backend for a new flow, decides what else is rewritten, and
 /// records it.
 #[inline(always)]
-fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role) -> Result<Nat, NoNat> {
+fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role, config: &DatapathConfig) -> Result<Nat, NoNat> {
     let svc = &frontend.svc;
     let (backend_id, backend) = lb4_select_backend_for(svc, flow.saddr).ok_or(NoNat::NoBackend)?;
     let mut nat = Nat {
@@ -208,7 +208,6 @@ fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role) -> Resul
     } else if role == Role::External && svc.flags & service_flags::EXTERNAL_LOCAL == 0 {
         // externalTrafficPolicy Cluster: the backend may be on another node,
         // and its replies must come back through this one.
-        let config = config();
         nat.flags |= ct_flags::SNAT;
         nat.src_addr = if frontend.scope == scope::NODE_PORT {
             flow.daddr
@@ -218,7 +217,7 @@ fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role) -> Resul
         if nat.src_addr == 0 {
             return Err(NoNat::Failed(0));
         }
-        return match ct4_create_snat(orig, svc, &mut nat, &config) {
+        return match ct4_create_snat(orig, svc, &mut nat, config) {
             Ok(Some(_)) => Ok(nat),
             Ok(None) => Err(NoNat::SnatExhausted),
             Err(e) => Err(NoNat::Failed(e)),

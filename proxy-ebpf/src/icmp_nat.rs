@@ -25,7 +25,7 @@ pub fn decide_icmp(err: &IcmpError) -> Option<ErrorRewrite> {
         return Some(towards_client(err.saddr, &err.quote, entry));
     }
     let entry = unsafe { CONNTRACK.get(&err.quote.original_key()) }?;
-    Some(towards_backend(&err.quote, entry))
+    Some(towards_backend(entry))
 }
 
 /// Writes `rw` into the error. Every field is written, a kept one with its

@@ -63,6 +63,15 @@ impl ServiceSpec {
         }
     }
 
+    /// Adds a ready endpoint for each of the lab's `pods`, on its node.
+    pub fn on_pods(mut self, lab: &crate::Lab, pods: &[&str]) -> Self {
+        for pod in pods {
+            let p = lab.pod(pod);
+            self = self.endpoint(p.ip, &lab.nodes[p.node].name);
+        }
+        self
+    }
+
     /// Adds a ready endpoint on `node`.
     pub fn endpoint(mut self, addr: Ipv4Addr, node: &str) -> Self {
         self.endpoints.push(EndpointSpec {

@@ -23,11 +23,7 @@ fn lab(flags: &[&str]) -> (Lab, Vec<proxy_lab::Agent>) {
 fn lab_with(flags: &[&str], offloads: Offloads) -> (Lab, Vec<proxy_lab::Agent>) {
     let lab = Lab::with_options(binaries(), proxy_lab::lab::DEFAULT_PODS, offloads).expect("lab up");
     lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
-    let mut spec = ServiceSpec::new("web", "10.96.0.10", 80);
-    for pod in ["web-1", "web-2", "web-3"] {
-        let p = lab.pod(pod);
-        spec = spec.endpoint(p.ip, &lab.nodes[p.node].name);
-    }
+    let mut spec = ServiceSpec::new("web", "10.96.0.10", 80).on_pods(&lab, &["web-1", "web-2", "web-3"]);
     spec.node_port = Some(NODE_PORT);
     lab.write_manifest("web.yaml", &spec.yaml()).unwrap();
     let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with(n, flags).unwrap()).collect();

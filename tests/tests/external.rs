@@ -47,12 +47,7 @@ fn lab_with_options(services: impl Fn(&Lab) -> Vec<ServiceSpec>, flags: &[&str],
 
 /// A Service on all three web pods.
 fn web(lab: &Lab, name: &str, cluster_ip: &str) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(name, cluster_ip, 80);
-    for pod in ALL_WEB {
-        let p = lab.pod(pod);
-        spec = spec.endpoint(p.ip, &lab.nodes[p.node].name);
-    }
-    spec
+    ServiceSpec::new(name, cluster_ip, 80).on_pods(lab, &ALL_WEB)
 }
 
 /// Sends `count` requests per protocol and checks the three things a user

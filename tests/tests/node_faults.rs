@@ -26,11 +26,7 @@ const NODE_PORT: u16 = 30080;
 fn lab() -> Lab {
     let lab = Lab::up(binaries()).expect("lab up");
     lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
-    let mut spec = ServiceSpec::new("web", "10.96.0.10", 80);
-    for pod in ["web-1", "web-2", "web-3"] {
-        let p = lab.pod(pod);
-        spec = spec.endpoint(p.ip, &lab.nodes[p.node].name);
-    }
+    let mut spec = ServiceSpec::new("web", "10.96.0.10", 80).on_pods(&lab, &["web-1", "web-2", "web-3"]);
     spec.node_port = Some(NODE_PORT);
     lab.write_manifest("web.yaml", &spec.yaml()).unwrap();
     lab

@@ -104,11 +104,7 @@ fn unix_ms() -> u64 {
 
 /// The cluster's Services, as a kind cluster would hold them.
 fn web(lab: &Lab, pods: &[&str]) -> String {
-    let mut spec = ServiceSpec::new("web", "10.96.0.10", 80);
-    for pod in pods {
-        let p = lab.pod(pod);
-        spec = spec.endpoint(p.ip, &lab.nodes[p.node].name);
-    }
+    let mut spec = ServiceSpec::new("web", "10.96.0.10", 80).on_pods(lab, pods);
     spec.node_port = Some(NODE_PORT);
     spec.load_balancer_ips = vec![LB_IP.into()];
     spec.yaml()
@@ -117,12 +113,7 @@ fn web(lab: &Lab, pods: &[&str]) -> String {
 /// DNS-shaped: port 53, TCP and UDP, its pods on node 2 only (as CoreDNS
 /// often is, from the node's point of view).
 fn dns(lab: &Lab, pods: &[&str]) -> String {
-    let mut spec = ServiceSpec::new("kube-dns", "10.96.0.53", 53);
-    for pod in pods {
-        let p = lab.pod(pod);
-        spec = spec.endpoint(p.ip, &lab.nodes[p.node].name);
-    }
-    spec.yaml()
+    ServiceSpec::new("kube-dns", "10.96.0.53", 53).on_pods(lab, pods).yaml()
 }
 
 /// `default/kubernetes`: its endpoint is outside the pod network (the

@@ -28,7 +28,7 @@ use super::link_detach::replace_program_of_pinned_link;
 use super::PinLayout;
 
 /// (program in the object, hook name used in the pin's name).
-const SOCK_HOOKS: [(&str, &str); 4] = [
+pub(super) const SOCK_HOOKS: [(&str, &str); 4] = [
     ("proxy_sock_connect4", "connect4"),
     ("proxy_sock_sendmsg4", "sendmsg4"),
     ("proxy_sock_recvmsg4", "recvmsg4"),

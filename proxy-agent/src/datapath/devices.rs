@@ -12,9 +12,6 @@ use super::programs::{attach_tc, DeviceRole, TcHook};
 use super::xdp::attach_xdp;
 use super::PinLayout;
 
-/// Pin name prefixes of per-device links, each followed by the device name.
-const DEVICE_PIN_PREFIXES: [&str; 3] = ["tc_ingress_", "tc_egress_", "xdp_"];
-
 /// Attaches `role`'s programs to `device` (and XDP with `xdp`, for the
 /// node's devices).
 pub fn attach_device(ebpf: &mut Ebpf, layout: &PinLayout, device: &str, role: DeviceRole, xdp: bool) -> anyhow::Result<()> {
@@ -55,7 +52,7 @@ fn forget_pin(pin: &std::path::Path) {
 }
 
 fn device_pins(layout: &PinLayout, device: &str) -> Vec<PathBuf> {
-    DEVICE_PIN_PREFIXES
+    PinLayout::DEVICE_PIN_PREFIXES
         .iter()
         .map(|prefix| layout.links().join(format!("{prefix}{device}")))
         .filter(|p| p.exists())
@@ -71,7 +68,7 @@ pub fn pinned_devices(layout: &PinLayout) -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            DEVICE_PIN_PREFIXES.iter().find_map(|p| name.strip_prefix(p).map(String::from))
+            PinLayout::DEVICE_PIN_PREFIXES.iter().find_map(|p| name.strip_prefix(p).map(String::from))
         })
         .collect();
     devices.sort();

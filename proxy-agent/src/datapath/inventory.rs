@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 
 use super::link_detach::{pinned_link_info, LinkTarget};
+use super::programs::TcHook;
 use super::PinLayout;
 
 #[derive(Clone, Debug)]
@@ -64,19 +65,14 @@ pub fn attachments(layout: &PinLayout) -> Vec<Attachment> {
 
 /// The kernel keeps 15 bytes of a program's name: ours are given back whole.
 fn full_name(kernel_name: &str) -> String {
-    const OURS: [&str; 8] = [
-        "proxy_tc_pod",
-        "proxy_tc_pod_egress",
-        "proxy_tc_external",
-        "proxy_xdp_external",
-        "proxy_sock_connect4",
-        "proxy_sock_sendmsg4",
-        "proxy_sock_recvmsg4",
-        "proxy_sock_getpeername4",
-    ];
-    OURS.iter()
-        .find(|full| **full == kernel_name || (kernel_name.len() == 15 && full.starts_with(kernel_name)))
-        .map_or_else(|| kernel_name.to_string(), |full| full.to_string())
+    let mut ours = TcHook::ALL
+        .iter()
+        .map(|hook| hook.program())
+        .chain([super::xdp::PROGRAM])
+        .chain(super::cgroup::SOCK_HOOKS.iter().map(|(program, _)| *program))
+        .chain(proxy_common::tail::PROGRAMS.iter().map(|(_, program)| *program));
+    ours.find(|full| *full == kernel_name || (kernel_name.len() == 15 && full.starts_with(kernel_name)))
+        .map_or_else(|| kernel_name.to_string(), String::from)
 }
 
 /// A device's name from its index; a link whose device was deleted reports

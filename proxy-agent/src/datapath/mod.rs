@@ -49,13 +49,21 @@ impl PinLayout {
         self.root.join("links")
     }
 
-    /// A tc link on `device`, `direction` "ingress" or "egress".
-    pub fn tc_link(&self, device: &str, direction: &str) -> PathBuf {
-        self.links().join(format!("tc_{direction}_{device}"))
+    /// Pin names of a device's links start with one of these, the device's
+    /// name after it.
+    pub const DEVICE_PIN_PREFIXES: [&'static str; 3] = [Self::TC_INGRESS, Self::TC_EGRESS, Self::XDP];
+    const TC_INGRESS: &'static str = "tc_ingress_";
+    const TC_EGRESS: &'static str = "tc_egress_";
+    pub const XDP: &'static str = "xdp_";
+
+    /// A tc link on `device`.
+    pub fn tc_link(&self, device: &str, egress: bool) -> PathBuf {
+        let prefix = if egress { Self::TC_EGRESS } else { Self::TC_INGRESS };
+        self.links().join(format!("{prefix}{device}"))
     }
 
     pub fn xdp_link(&self, device: &str) -> PathBuf {
-        self.links().join(format!("xdp_{device}"))
+        self.links().join(format!("{}{device}", Self::XDP))
     }
 
     /// One link per socket hook and cgroup, named by the cgroup's id (its

@@ -51,18 +51,24 @@ impl TcHook {
     }
 
     fn attach_type(self) -> TcAttachType {
-        match self {
-            TcHook::PodEgress => TcAttachType::Egress,
-            TcHook::PodIngress | TcHook::ExternalIngress => TcAttachType::Ingress,
+        if self.egress() {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
         }
     }
 
-    /// The direction's word in pin names (`tc_ingress_eth0`).
+    /// The direction's word, for logs and errors.
     pub fn direction(self) -> &'static str {
-        match self.attach_type() {
-            TcAttachType::Egress => "egress",
-            _ => "ingress",
+        if self.egress() {
+            "egress"
+        } else {
+            "ingress"
         }
+    }
+
+    fn egress(self) -> bool {
+        self == TcHook::PodEgress
     }
 }
 
@@ -120,7 +126,7 @@ pub fn attach_tc(ebpf: &mut Ebpf, layout: &PinLayout, device: &str, hook: TcHook
         .program_mut(hook.program())
         .context("tc program missing")?
         .try_into()?;
-    let pin = layout.tc_link(device, hook.direction());
+    let pin = layout.tc_link(device, hook.egress());
     if pin.exists() {
         match replace_pinned(program, &pin) {
             Ok(()) => {

@@ -13,8 +13,7 @@ use aya::Ebpf;
 use super::link_detach::{detach_pinned_link, replace_program_of_pinned_link};
 use super::PinLayout;
 
-const PROGRAM: &str = "proxy_xdp_external";
-const PIN_PREFIX: &str = "xdp_";
+pub(super) const PROGRAM: &str = "proxy_xdp_external";
 
 /// Loads the XDP program (with `--xdp`, once, before any attach).
 pub fn load_xdp(ebpf: &mut Ebpf) -> anyhow::Result<()> {
@@ -55,7 +54,7 @@ pub fn detach_xdp(layout: &PinLayout) -> anyhow::Result<()> {
         return Ok(());
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(PIN_PREFIX) {
+        if !entry.file_name().to_string_lossy().starts_with(PinLayout::XDP) {
             continue;
         }
         let pin = entry.path();

@@ -179,17 +179,15 @@ impl Telemetry {
 
     /// Where the programs are now and what is missing.
     pub fn attachments(&self, figures: metrics::AttachFigures, problems: Vec<String>) {
-        let mut m = self.shared.metrics.lock().unwrap();
-        if problems.len() as u64 != m.attachments.problems {
-            for problem in &problems {
-                tracing::warn!(%problem, "datapath cannot serve everything");
-            }
-        }
-        m.attachments = metrics::AttachFigures {
+        self.shared.metrics.lock().unwrap().attachments = metrics::AttachFigures {
             problems: problems.len() as u64,
             ..figures
         };
-        *self.shared.datapath_problems.lock().unwrap() = problems;
+        let mut current = self.shared.datapath_problems.lock().unwrap();
+        for problem in problems.iter().filter(|p| !current.contains(p)) {
+            tracing::warn!(%problem, "datapath cannot serve everything");
+        }
+        *current = problems;
     }
 
     pub fn udp_sockets_aborted(&self, count: usize) {
