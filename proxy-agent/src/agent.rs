@@ -72,8 +72,11 @@ pub struct RunArgs {
     #[arg(long = "service-cidr")]
     service_cidr_lists: Vec<CidrList>,
     /// Source ports for flows SNATed to the node (externalTrafficPolicy
-    /// Cluster, hairpin), LOW-HIGH. Keep it clear of the kernel's
-    /// ip_local_port_range and of the NodePort range; the agent warns if not.
+    /// Cluster) whose client port is taken by another flow or a node socket,
+    /// or is a NodePort's (the others keep the client's port), and for the
+    /// node's own flows moved off a SNATed flow's tuple. LOW-HIGH. Keep it
+    /// clear of the kernel's ip_local_port_range and of the NodePort range;
+    /// the agent warns if not.
     #[arg(long, default_value_t = PortRange::default())]
     snat_port_range: PortRange,
     /// Add the NodePort and SNAT port ranges to the kernel's reserved ports

@@ -15,7 +15,10 @@ const EPHEMERAL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 /// Kubernetes' default `--service-node-port-range`.
-pub const NODE_PORTS: PortRange = PortRange { min: 30_000, max: 32_767 };
+pub const NODE_PORTS: PortRange = PortRange {
+    min: proxy_common::config::NODE_PORT_MIN,
+    max: proxy_common::config::NODE_PORT_MAX,
+};
 
 /// The reserved-port list (the sysctl's `a-b,c` format) with `add` merged in.
 pub fn with_ranges(existing: &str, add: &[PortRange]) -> String {

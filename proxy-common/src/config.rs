@@ -14,6 +14,21 @@ pub const MAX_SERVICE_CIDRS: usize = 4;
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
+/// Kubernetes' default `--service-node-port-range`.
+pub const NODE_PORT_MIN: u16 = 30_000;
+pub const NODE_PORT_MAX: u16 = 32_767;
+
+/// Whether a SNATed flow may keep the client's source port `port` (host
+/// byte order) as netfilter does, tuple permitting. Not a NodePort's: a
+/// packet to the node at that port would be a reply to the flow first and
+/// a NodePort's only after, so a backend using its serving socket as a
+/// client of that NodePort (a DNS forwarder) would reach the external client
+/// instead.
+#[inline(always)]
+pub const fn may_keep_client_port(port: u16) -> bool {
+    port < NODE_PORT_MIN || port > NODE_PORT_MAX
+}
+
 /// An IPv4 network, address and mask both in network byte order. A zero mask
 /// marks an unused entry.
 #[repr(C)]
@@ -125,6 +140,16 @@ mod tests {
 
     fn be(a: [u8; 4]) -> u32 {
         u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn client_ports_kept_outside_the_node_port_range() {
+        assert!(may_keep_client_port(1023));
+        assert!(may_keep_client_port(29_999));
+        assert!(!may_keep_client_port(30_000));
+        assert!(!may_keep_client_port(32_767));
+        assert!(may_keep_client_port(32_768));
+        assert!(may_keep_client_port(61_000));
     }
 
     #[test]

@@ -123,6 +123,11 @@ pub mod ct_flags {
     /// A TCP FIN or RST went through: once idle for
     /// [`super::CLOSED_IDLE_NS`], the flow's tuple may be reused by another.
     pub const CLOSING: u16 = 1 << 2;
+    /// A flow of the node's own, not a Service's: its source port clashed
+    /// with a translated flow's tuple and was moved to a SNAT-range port
+    /// (`peer_*` of the original entry), as netfilter's null binding moves a
+    /// local connection that clashes with a NATed one.
+    pub const NODE_FLOW: u16 = 1 << 3;
 }
 
 /// When a tracked flow counts as over, so its SNAT port can be claimed by a

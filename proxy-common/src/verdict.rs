@@ -34,11 +34,21 @@ pub enum Verdict {
     /// fragmentation needed, time exceeded), put back into the receiver's
     /// terms.
     IcmpErrorTranslated = 11,
+    /// A new SNATed flow kept the client's source port (counted once per
+    /// flow, beside `Translated`).
+    SnatPortKept = 12,
+    /// A new SNATed flow got a port of the SNAT range: the client's was
+    /// held by another flow or a node socket, or is a NodePort's.
+    SnatPortFromRange = 13,
+    /// A flow of the node's own whose tuple a translated flow already held
+    /// got a port of the SNAT range, as netfilter remaps a clashing local
+    /// connection (counted once per flow).
+    NodeFlowRemapped = 14,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 12;
-    pub const ALL: [Verdict; 12] = [
+    pub const COUNT: u32 = 15;
+    pub const ALL: [Verdict; 15] = [
         Verdict::Translated,
         Verdict::ReverseTranslated,
         Verdict::NotService,
@@ -51,6 +61,9 @@ impl Verdict {
         Verdict::XdpReverseTranslated,
         Verdict::RefusalRateLimited,
         Verdict::IcmpErrorTranslated,
+        Verdict::SnatPortKept,
+        Verdict::SnatPortFromRange,
+        Verdict::NodeFlowRemapped,
     ];
 
     pub const fn index(self) -> u32 {
@@ -71,6 +84,9 @@ impl Verdict {
             Verdict::XdpReverseTranslated => "xdp_reverse_translated",
             Verdict::RefusalRateLimited => "refusal_rate_limited",
             Verdict::IcmpErrorTranslated => "icmp_error_translated",
+            Verdict::SnatPortKept => "snat_port_kept",
+            Verdict::SnatPortFromRange => "snat_port_from_range",
+            Verdict::NodeFlowRemapped => "node_flow_remapped",
         }
     }
 }

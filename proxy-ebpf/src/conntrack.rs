@@ -4,6 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    EbpfContext,
 };
 use proxy_common::{
     config::snat_port,
@@ -12,6 +13,7 @@ use proxy_common::{
 };
 
 use crate::maps::CONNTRACK;
+use crate::node_sockets::node_socket_holds;
 use crate::packet::Flow;
 
 /// Random ports tried for a new SNATed flow before giving up on it. With a
@@ -98,6 +100,25 @@ fn touch(entry: *mut CtValue, now: u64) -> bool {
     true
 }
 
+/// How long a connection's first SYN may be retransmitted onto its entry
+/// (Linux retries at 1, 3, 7 s): a SYN on an older entry, or on one that saw
+/// a FIN or RST, opens a new connection that reuses an old one's ports (the
+/// client's TIME_WAIT is over, or reused), and gets a backend chosen afresh
+/// rather than the old connection's, which may have left the Service since,
+/// and both directions recorded anew.
+const SYN_RETRANSMIT_WINDOW_NS: u64 = 10_000_000_000;
+
+/// Whether a packet of `flow` found on a tracked flow's entry starts a new
+/// flow instead: the tracked one is over (its SNAT port may belong to
+/// another flow by now), or this is a SYN opening a new connection on an
+/// old one's ports.
+#[inline(always)]
+pub fn starts_anew(flow: &Flow, entry: &CtValue, now: u64) -> bool {
+    flow_is_over(entry, flow.proto, now)
+        || (flow.is_tcp_open()
+            && (entry.flags & ct_flags::CLOSING != 0 || now.wrapping_sub(entry.created_ns) > SYN_RETRANSMIT_WINDOW_NS))
+}
+
 /// The source a flow's packets leave with: the SNAT address and port when
 /// it has them, else the client's own.
 #[inline(always)]
@@ -143,49 +164,88 @@ pub struct Nat {
 #[inline(always)]
 pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, nat: &Nat) -> Result<(), i64> {
     let now = now_ns();
-    let fwd = original_value(svc, nat, now);
+    let fwd = original_value(svc.rev_nat_index, nat, now);
     let (src_addr, src_port) = source_after_nat(orig, &fwd);
     let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, src_addr, src_port);
     insert(&reply, &reply_value(orig, &fwd, now), BPF_ANY)?;
     insert(orig, &fwd, BPF_ANY)
 }
 
-/// Like [`ct4_create`] for a flow SNATed to `snat_addr` on a port of the
-/// configured range. The reply entry is inserted only if absent, which claims
-/// the port atomically: two flows can never share a reply tuple. A port held
-/// by a flow that is over (see `flow_is_over`) is taken over. Returns the
-/// port (network byte order), or `None` when every attempt found its port
-/// taken.
+/// Which port a SNATed flow got.
+pub enum SnatPort {
+    /// The client's own, as netfilter keeps it when the tuple is free.
+    Kept,
+    /// One of the configured range.
+    FromRange,
+}
+
+/// Like [`ct4_create`] for a flow SNATed to `nat.src_addr`: on the port
+/// `keep` (the client's, network byte order) if given and free, else on a
+/// port of the configured range. A port is free when the reply entry can be
+/// inserted, and for the client's port also when no node socket holds the
+/// tuple (see `node_sockets`; the node's sockets never pick ports of the
+/// range, which the agent reserves where it meets their ephemeral range,
+/// and asking the kernel once per probe would multiply what the verifier
+/// walks by the probes). The entry is inserted only if absent, which claims
+/// the port atomically: two flows can never share a reply tuple. A port
+/// held by a flow that is over (see `flow_is_over`) is taken over. `None`
+/// when every attempt found its port taken; `nat.src_port` is the port
+/// otherwise.
 #[inline(always)]
-pub fn ct4_create_snat(orig: &CtKey, svc: &ServiceValue, nat: &mut Nat, config: &DatapathConfig) -> Result<Option<u16>, i64> {
+pub fn ct4_create_snat<C: EbpfContext>(
+    ctx: &C,
+    orig: &CtKey,
+    rev_nat_index: u32,
+    nat: &mut Nat,
+    config: &DatapathConfig,
+    keep: Option<u16>,
+) -> Result<Option<SnatPort>, i64> {
     let now = now_ns();
+    if let Some(port) = keep {
+        if !node_socket_holds(ctx, orig.proto, (nat.backend.addr, nat.backend.port), (nat.src_addr, port))
+            && claim_snat_port(orig, rev_nat_index, nat, port, now)?
+        {
+            return Ok(Some(SnatPort::Kept));
+        }
+    }
     let mut attempt = 0;
     while attempt < SNAT_ATTEMPTS {
         // Independent random probes: consecutive ones would keep landing in
         // the same run of taken ports once the range fills up.
         let random = unsafe { bpf_get_prandom_u32() };
-        nat.src_port = snat_port(random, config.snat_port_min, config.snat_port_max).to_be();
-        let fwd = original_value(svc, nat, now);
-        let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, nat.src_addr, nat.src_port);
-        let value = reply_value(orig, &fwd, now);
-        let claimed = insert(&reply, &value, BPF_NOEXIST).is_ok()
-            || (unsafe { CONNTRACK.get(&reply) }.is_some_and(|held| flow_is_over(held, orig.proto, now))
-                && insert(&reply, &value, BPF_ANY).is_ok());
-        if claimed {
-            insert(orig, &fwd, BPF_ANY)?;
-            return Ok(Some(nat.src_port));
+        let port = snat_port(random, config.snat_port_min, config.snat_port_max).to_be();
+        if claim_snat_port(orig, rev_nat_index, nat, port, now)? {
+            return Ok(Some(SnatPort::FromRange));
         }
         attempt += 1;
     }
     Ok(None)
 }
 
+/// Records the flow on source port `port` if no other flow holds the tuple
+/// (see [`ct4_create_snat`]); false if one does.
 #[inline(always)]
-fn original_value(svc: &ServiceValue, nat: &Nat, now: u64) -> CtValue {
+fn claim_snat_port(orig: &CtKey, rev_nat_index: u32, nat: &mut Nat, port: u16, now: u64) -> Result<bool, i64> {
+    nat.src_port = port;
+    let fwd = original_value(rev_nat_index, nat, now);
+    let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, nat.src_addr, port);
+    let value = reply_value(orig, &fwd, now);
+    let claimed = insert(&reply, &value, BPF_NOEXIST).is_ok()
+        || (unsafe { CONNTRACK.get(&reply) }.is_some_and(|held| flow_is_over(held, orig.proto, now))
+            && insert(&reply, &value, BPF_ANY).is_ok());
+    if !claimed {
+        return Ok(false);
+    }
+    insert(orig, &fwd, BPF_ANY)?;
+    Ok(true)
+}
+
+#[inline(always)]
+fn original_value(rev_nat_index: u32, nat: &Nat, now: u64) -> CtValue {
     let snat = nat.flags & ct_flags::SNAT != 0;
     CtValue {
         backend_id: nat.backend_id,
-        rev_nat_index: svc.rev_nat_index,
+        rev_nat_index,
         nat_addr: nat.backend.addr,
         nat_port: nat.backend.port,
         flags: nat.flags,

@@ -5,8 +5,8 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::error;
 use proxy_common::{
-    config::config_flags,
-    conntrack::{ct_flags, flow_is_over},
+    config::{config_flags, may_keep_client_port},
+    conntrack::ct_flags,
     maps::{scope, service_flags},
     Backend, CtDirection, CtKey, CtValue, DatapathConfig, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -14,10 +14,10 @@ use proxy_common::{
 use crate::{
     conntrack::{
         ct4_create, ct4_create_snat, ct4_forget_reply, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_mark_entry_closing,
-        ct4_refresh, ct_key, now_ns, source_after_nat, Nat,
+        ct4_refresh, ct_key, now_ns, source_after_nat, starts_anew, Nat, SnatPort,
     },
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend_for, lb4_source_allowed, Frontend, Role},
-    maps::config,
+    maps::{config, count},
     packet::Flow,
 };
 
@@ -90,7 +90,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
         }
         // New, or its backend was removed (a UDP stream to a deleted pod):
         // a live backend instead of a black hole.
-        None => match new_flow(flow, &orig, &frontend, role, &config) {
+        None => match new_flow(ctx, flow, &orig, &frontend, role, &config) {
             Ok(nat) => nat,
             Err(NoNat::NoBackend) if svc.flags & service_flags::NO_LOCAL_ENDPOINTS != 0 => {
                 return Decision::Drop(Verdict::NoLocalBackend)
@@ -125,14 +125,6 @@ pub fn reverse(entry: &CtValue) -> Rewrite {
     }
 }
 
-/// How long a connection's first SYN may be retransmitted onto its entry
-/// (Linux retries at 1, 3, 7 s): a SYN on an older entry, or on one that saw
-/// a FIN or RST, opens a new connection that reuses an old one's ports (the
-/// client's TIME_WAIT is over, or reused), and gets a backend chosen afresh
-/// rather than the old connection's, which may have left the Service since,
-/// and both directions recorded anew.
-const SYN_RETRANSMIT_WINDOW_NS: u64 = 10_000_000_000;
-
 /// The translation of a flow seen before. When its backend has left the
 /// Service (not ready, terminating, or deleted), a TCP connection stays with
 /// the backend its entry records, as netfilter's conntrack keeps kube-proxy's
@@ -145,12 +137,7 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
     let entry = ct4_lookup_original(orig, &frontend.svc)?;
     let value: CtValue = unsafe { *entry };
     let now = now_ns();
-    // Over (its SNAT port may belong to another flow by now), or a new
-    // connection on an old one's ports: a new flow.
-    if flow_is_over(&value, flow.proto, now)
-        || (flow.is_tcp_open()
-            && (value.flags & ct_flags::CLOSING != 0 || now.wrapping_sub(value.created_ns) > SYN_RETRANSMIT_WINDOW_NS))
-    {
+    if starts_anew(flow, &value, now) {
         return None;
     }
     let backend = match lb4_lookup_backend(value.backend_id) {
@@ -186,7 +173,7 @@ enum NoNat {
 /// Chooses a backend for a new flow, decides what else is rewritten, and
 /// records it.
 #[inline(always)]
-fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role, config: &DatapathConfig) -> Result<Nat, NoNat> {
+fn new_flow<C: EbpfContext>(ctx: &C, flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role, config: &DatapathConfig) -> Result<Nat, NoNat> {
     let svc = &frontend.svc;
     let (backend_id, backend) = lb4_select_backend_for(svc, flow.saddr).ok_or(NoNat::NoBackend)?;
     let mut nat = Nat {
@@ -217,8 +204,18 @@ fn new_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend, role: Role, config: 
         if nat.src_addr == 0 {
             return Err(NoNat::Failed(0));
         }
-        return match ct4_create_snat(orig, svc, &mut nat, config) {
-            Ok(Some(_)) => Ok(nat),
+        // The client's port when the tuple is free, as netfilter keeps it:
+        // the node then needs no port of its own per flow, and the rate of
+        // new flows does not depend on the range's size.
+        let keep = may_keep_client_port(u16::from_be(flow.sport)).then_some(flow.sport);
+        return match ct4_create_snat(ctx, orig, svc.rev_nat_index, &mut nat, config, keep) {
+            Ok(Some(port)) => {
+                count(match port {
+                    SnatPort::Kept => Verdict::SnatPortKept,
+                    SnatPort::FromRange => Verdict::SnatPortFromRange,
+                });
+                Ok(nat)
+            }
             Ok(None) => Err(NoNat::SnatExhausted),
             Err(e) => Err(NoNat::Failed(e)),
         };

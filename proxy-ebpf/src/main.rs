@@ -11,6 +11,8 @@ mod lb;
 mod maps;
 mod nat;
 mod nat_xdp;
+mod node_flows;
+mod node_sockets;
 mod packet;
 mod reject;
 mod sock;
@@ -62,6 +64,13 @@ pub fn proxy_tc_refuse(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn proxy_tc_external(ctx: TcContext) -> i32 {
     tc::ingress(&ctx, Role::External)
+}
+
+/// tc egress on the node's external devices: the node's own flows, moved
+/// off a source port a SNATed flow holds towards the same backend.
+#[classifier]
+pub fn proxy_tc_external_egress(ctx: TcContext) -> i32 {
+    tc::external_egress(&ctx)
 }
 
 /// XDP on the node's external devices (with `--xdp`): the NodePort,

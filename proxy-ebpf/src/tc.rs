@@ -7,7 +7,7 @@
 //! device's chain there.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{bpf_sock, TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
 use aya_log_ebpf::error;
@@ -22,6 +22,7 @@ use crate::{
     lb::Role,
     maps::{count, TAIL_CALLS},
     nat::{rewrite, Side},
+    node_flows::{node_flow_port, sender},
     packet::{parse, parse_icmp_error, Flow, IcmpAt, Parsed, IPPROTO_ICMP},
     reject::reject,
 };
@@ -73,13 +74,47 @@ pub fn pod_egress(ctx: &TcContext) -> i32 {
         _ => return TC_ACT_UNSPEC,
     };
     let Some(entry) = ct4_lookup_reply(&ct_key(&flow, CtDirection::Reply), flow.is_tcp_close()) else {
-        return TC_ACT_UNSPEC;
+        // The node's own flow to a backend on this node.
+        return match sender(ctx) {
+            Some(sent_by) => remap_node_flow(ctx, &flow, sent_by),
+            None => TC_ACT_UNSPEC,
+        };
     };
     let mut rw = reverse(&entry);
     rw.redirect = false;
     let (verdict, action) = apply(ctx, &flow, &rw);
     count(verdict);
     action
+}
+
+/// A packet leaving the node through an external device: the node's own
+/// flows are moved off tuples that SNATed flows hold (see `node_flows`);
+/// everything else goes on untouched, and uncounted.
+#[inline(always)]
+pub fn external_egress(ctx: &TcContext) -> i32 {
+    let Some(sent_by) = sender(ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    match parse(ctx) {
+        Ok(Parsed::Flow(flow)) => match with_ports(flow) {
+            Some(flow) => remap_node_flow(ctx, &flow, sent_by),
+            None => TC_ACT_UNSPEC,
+        },
+        _ => TC_ACT_UNSPEC,
+    }
+}
+
+#[inline(always)]
+fn remap_node_flow(ctx: &TcContext, flow: &Flow, sent_by: *const bpf_sock) -> i32 {
+    let Some(port) = node_flow_port(ctx, flow, sent_by) else {
+        return TC_ACT_UNSPEC;
+    };
+    if let Err(e) = rewrite(ctx, flow, Side::Source, flow.saddr, port) {
+        error!(ctx, "node flow rewrite failed: {}", e);
+        count(Verdict::Error);
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_UNSPEC
 }
 
 /// A packet an entry point decided to refuse: a reset or a port

@@ -505,6 +505,30 @@ impl Lab {
         Ok(BackgroundRequests { child })
     }
 
+    /// Like `requests_in_background` (each request with a 1 s timeout), every
+    /// socket bound to source port `port`, from a namespace or from a node's
+    /// own processes.
+    pub fn requests_in_background_from_port(
+        &self,
+        from: Origin,
+        proto: &str,
+        target: &str,
+        count: u32,
+        interval_ms: u32,
+        port: u16,
+    ) -> anyhow::Result<BackgroundRequests> {
+        let mut cmd = match from {
+            Origin::Namespace(ns) => self.client_command(ns, proto, target, count, 1000, interval_ms)?,
+            Origin::Node(node) => {
+                let mut cmd = self.client_command(&self.nodes[node].ns, proto, target, count, 1000, interval_ms)?;
+                node::start_in_cgroup(&mut cmd, &node::host_cgroup(&self.nodes[node].cgroup))?;
+                cmd
+            }
+        };
+        let child = cmd.env("LAB_CLIENT_SOURCE_PORT", port.to_string()).spawn().context("starting lab-client")?;
+        Ok(BackgroundRequests { child })
+    }
+
     /// lab-client in `ns`, its output piped for `BackgroundRequests`.
     fn client_command(&self, ns: &str, proto: &str, target: &str, count: u32, timeout_ms: u32, interval_ms: u32) -> anyhow::Result<Command> {
         let mut cmd = self.command_in(ns, &self.binaries.client)?;
@@ -618,6 +642,15 @@ impl Lab {
         let child = cmd.spawn().context("starting lab-client")?;
         Ok(BackgroundRequests { child })
     }
+}
+
+/// Where a lab client runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// A namespace (a pod's: in its cgroup; the external client's).
+    Namespace(&'a str),
+    /// A node's own processes (its namespace, a cgroup of its services).
+    Node(usize),
 }
 
 /// Transmit offloads (checksum, and with it TSO and GSO) of the lab's veths.

@@ -29,5 +29,5 @@ pub mod node;
 pub mod privilege;
 pub mod traffic;
 
-pub use lab::{Agent, Binaries, Lab, Offloads, Pod};
+pub use lab::{Agent, Binaries, Lab, Offloads, Origin, Pod};
 pub use traffic::{Reply, Summary};

@@ -30,15 +30,18 @@ pub enum TcHook {
     PodEgress,
     /// Traffic from outside the node, and replies from other nodes.
     ExternalIngress,
+    /// Traffic leaving the node: its own flows, moved off tuples SNATed
+    /// flows hold.
+    ExternalEgress,
 }
 
 impl TcHook {
-    pub const ALL: [TcHook; 3] = [TcHook::PodIngress, TcHook::PodEgress, TcHook::ExternalIngress];
+    pub const ALL: [TcHook; 4] = [TcHook::PodIngress, TcHook::PodEgress, TcHook::ExternalIngress, TcHook::ExternalEgress];
 
     pub fn for_role(role: DeviceRole) -> &'static [TcHook] {
         match role {
             DeviceRole::Pod => &[TcHook::PodIngress, TcHook::PodEgress],
-            DeviceRole::External => &[TcHook::ExternalIngress],
+            DeviceRole::External => &[TcHook::ExternalIngress, TcHook::ExternalEgress],
         }
     }
 
@@ -47,6 +50,7 @@ impl TcHook {
             TcHook::PodIngress => "proxy_tc_pod",
             TcHook::PodEgress => "proxy_tc_pod_egress",
             TcHook::ExternalIngress => "proxy_tc_external",
+            TcHook::ExternalEgress => "proxy_tc_external_egress",
         }
     }
 
@@ -68,7 +72,7 @@ impl TcHook {
     }
 
     fn egress(self) -> bool {
-        self == TcHook::PodEgress
+        matches!(self, TcHook::PodEgress | TcHook::ExternalEgress)
     }
 }
 

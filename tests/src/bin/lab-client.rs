@@ -5,7 +5,8 @@
 //! socket first (as most resolvers do) and checks `getpeername` against the
 //! reply's source; `udp-connected-keep` keeps one connected socket. A kept
 //! flow that fails is reported once and replaced by a new one, as an
-//! application would reconnect. Prints one
+//! application would reconnect. `LAB_CLIENT_SOURCE_PORT` binds UDP sockets
+//! and `tcp-keep` connections to that source port. Prints one
 //! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS AT_MS` or
 //! `err REASON MICROS AT_MS` (AT_MS: when the request started, Unix time in
 //! milliseconds). Bounded in count and time: every request has a timeout.
@@ -129,7 +130,21 @@ fn udp_big(target: SocketAddr, timeout: Duration, connected: bool, bytes: usize)
     Ok((line, from))
 }
 
-/// The UDP source port to bind: `LAB_CLIENT_SOURCE_PORT`, else any.
+/// A TCP connection, from `LAB_CLIENT_SOURCE_PORT` if set.
+fn tcp_connect(target: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let port = source_port();
+    if port == 0 {
+        return Ok(TcpStream::connect_timeout(&target, timeout)?);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    socket.connect_timeout(&target.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// The source port to bind (UDP sockets, `tcp-keep` connections):
+/// `LAB_CLIENT_SOURCE_PORT`, else any.
 fn source_port() -> u16 {
     std::env::var("LAB_CLIENT_SOURCE_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0)
 }
@@ -173,7 +188,7 @@ enum Flow {
 fn keep_request(flow: &mut Option<Flow>, proto: &str, target: SocketAddr, timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
     if flow.is_none() {
         *flow = Some(if proto == "tcp-keep" {
-            let stream = TcpStream::connect_timeout(&target, timeout)?;
+            let stream = tcp_connect(target, timeout)?;
             stream.set_read_timeout(Some(timeout))?;
             Flow::Tcp(BufReader::new(stream))
         } else {
