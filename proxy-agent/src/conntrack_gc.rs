@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use proxy_common::conntrack::flow_is_over;
 
-use crate::datapath::{PinLayout, PinnedMaps};
+use crate::datapath::{CtTable, PinLayout, PinnedMaps};
 
 /// One collection pass.
 #[derive(Clone, Copy, Debug)]
@@ -48,8 +48,12 @@ pub fn spawn(layout: PinLayout, interval: Duration, report: impl Fn(Pass) + Send
 fn pass(maps: &mut PinnedMaps) -> anyhow::Result<Pass> {
     let started = Instant::now();
     let now = monotonic_ns();
-    let (seen, over) = maps.conntrack_keys_where(|k, v| flow_is_over(v, k.proto, now))?;
-    let deleted = maps.delete_conntrack(&over);
+    let (mut seen, mut deleted) = (0, 0);
+    for table in CtTable::ALL {
+        let (walked, over) = maps.conntrack_keys_where(table, |k, v| flow_is_over(v, k.proto, now))?;
+        seen += walked;
+        deleted += maps.delete_conntrack(table, &over);
+    }
     Ok(Pass { seen, deleted, took: started.elapsed() })
 }
 

@@ -128,6 +128,9 @@ pub mod ct_flags {
     /// (`peer_*` of the original entry), as netfilter's null binding moves a
     /// local connection that clashes with a NATed one.
     pub const NODE_FLOW: u16 = 1 << 3;
+    /// A new flow's reply entry: a reply went through. The client's next
+    /// packet (not a SYN) then moves the flow to the established table.
+    pub const REPLIED: u16 = 1 << 4;
 }
 
 /// When a tracked flow counts as over, so its SNAT port can be claimed by a

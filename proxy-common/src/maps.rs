@@ -14,6 +14,7 @@ pub const SERVICES_MAP: &str = "SERVICES";
 pub const BACKEND_SLOTS_MAP: &str = "BACKEND_SLOTS";
 pub const BACKENDS_MAP: &str = "BACKENDS";
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
+pub const CONNTRACK_NEW_MAP: &str = "CONNTRACK_NEW";
 pub const VERDICTS_MAP: &str = "VERDICTS";
 pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
 pub const AFFINITY_MAP: &str = "AFFINITY";
@@ -21,7 +22,11 @@ pub const AFFINITY_MAP: &str = "AFFINITY";
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_BACKENDS: u32 = 131_072;
+/// Established flows' entries, two per flow.
 pub const MAX_CONNTRACK: u32 = 262_144;
+/// New flows' entries (two per flow), until they show they are established:
+/// a flood of new flows churns here and leaves established flows alone.
+pub const MAX_CONNTRACK_NEW: u32 = 131_072;
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
 pub const MAX_AFFINITY: u32 = 65_536;
 /// More than this many endpoints behind one frontend is refused by the agent;

@@ -1,9 +1,18 @@
 //! Connection tracking: the same backend for every packet of a flow, and the
 //! way back for its replies.
+//!
+//! Two tables, as netfilter keeps "assured" connections apart when its table
+//! fills: a flow starts in `CONNTRACK_NEW` and moves to `CONNTRACK` once it
+//! has shown it is established (a reply, then another packet from the
+//! client: the handshake's last ACK, or a UDP stream's second datagram). A
+//! flood of new flows (spoofed SYNs, one-shot datagrams) then only ever
+//! evicts new flows from the first table, never an established connection,
+//! idle or not, from the second. Packets look in `CONNTRACK` first.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::LruHashMap,
     EbpfContext,
 };
 use proxy_common::{
@@ -12,7 +21,7 @@ use proxy_common::{
     Backend, CtDirection, CtKey, CtValue, DatapathConfig, ServiceValue,
 };
 
-use crate::maps::CONNTRACK;
+use crate::maps::{CONNTRACK, CONNTRACK_NEW};
 use crate::node_sockets::node_socket_holds;
 use crate::packet::Flow;
 
@@ -33,22 +42,55 @@ pub fn ct_key(flow: &Flow, direction: CtDirection) -> CtKey {
     CtKey::new(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, direction)
 }
 
+/// Which table an entry is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Established,
+    New,
+}
+
+/// An entry, and the table it is in.
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub entry: *mut CtValue,
+    pub table: Table,
+}
+
+/// The entry at `key`, established flows first.
+#[inline(always)]
+pub fn ct4_find(key: &CtKey) -> Option<Found> {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        return Some(Found {
+            entry,
+            table: Table::Established,
+        });
+    }
+    CONNTRACK_NEW.get_ptr_mut(key).map(|entry| Found { entry, table: Table::New })
+}
+
 /// The entry of a flow sent to this frontend before.
 #[inline(always)]
-pub fn ct4_lookup_original(key: &CtKey, svc: &ServiceValue) -> Option<*mut CtValue> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
-    if unsafe { (*entry).rev_nat_index } != svc.rev_nat_index {
+pub fn ct4_lookup_original(key: &CtKey, svc: &ServiceValue) -> Option<Found> {
+    let found = ct4_find(key)?;
+    if unsafe { (*found.entry).rev_nat_index } != svc.rev_nat_index {
         return None;
     }
-    Some(entry)
+    Some(found)
 }
 
 /// Reply entry for a packet coming back from a backend; `closing` when the
-/// packet is a TCP FIN or RST, which marks both of the flow's entries.
+/// packet is a TCP FIN or RST, which marks both of the flow's entries. A new
+/// flow's reply entry notes the reply (see [`ct4_settle`]).
 #[inline(always)]
 pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let found = ct4_find(key)?;
+    let entry = found.entry;
     touch(entry, now_ns());
+    unsafe {
+        if found.table == Table::New && (*entry).flags & ct_flags::REPLIED == 0 {
+            (*entry).flags |= ct_flags::REPLIED;
+        }
+    }
     let value = unsafe { *entry };
     if closing {
         ct4_mark_entry_closing(entry);
@@ -57,13 +99,16 @@ pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
     Some(value)
 }
 
-/// Deletes the reply entry at `key`, if there is one: its flow's tuple now
-/// carries another flow.
+/// Deletes the entry at `key` from both tables, if there is one: its
+/// flow's tuple now carries another flow.
 #[inline(always)]
-pub fn ct4_forget_reply(key: &CtKey) {
+pub fn ct4_forget(key: &CtKey) {
     // SAFETY: only looked at, to skip the delete in the common case.
     if unsafe { CONNTRACK.get(key) }.is_some() {
         let _ = CONNTRACK.remove(key);
+    }
+    if unsafe { CONNTRACK_NEW.get(key) }.is_some() {
+        let _ = CONNTRACK_NEW.remove(key);
     }
 }
 
@@ -71,8 +116,8 @@ pub fn ct4_forget_reply(key: &CtKey) {
 /// `CLOSED_IDLE_NS`, and a SYN on it is a new connection.
 #[inline(always)]
 pub fn ct4_mark_closing(key: &CtKey) {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        ct4_mark_entry_closing(entry);
+    if let Some(found) = ct4_find(key) {
+        ct4_mark_entry_closing(found.entry);
     }
 }
 
@@ -135,17 +180,56 @@ pub fn source_after_nat(orig: &CtKey, entry: &CtValue) -> (u32, u16) {
 /// (the two directions are evicted independently) or another flow took the
 /// reply tuple over (see `reply_belongs_to`).
 #[inline(always)]
-pub fn ct4_refresh(entry: *mut CtValue, orig: &CtKey, backend: &Backend, now: u64) -> Result<(), i64> {
-    if !touch(entry, now) {
+pub fn ct4_refresh(found: Found, orig: &CtKey, backend: &Backend, now: u64) -> Result<(), i64> {
+    if !touch(found.entry, now) {
         return Ok(());
     }
-    let value = unsafe { *entry };
+    let value = unsafe { *found.entry };
     let (src_addr, src_port) = source_after_nat(orig, &value);
     let reply = orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port);
-    if unsafe { CONNTRACK.get(&reply) }.is_some_and(|held| reply_belongs_to(held, orig)) {
+    if ct4_find(&reply).is_some_and(|held| reply_belongs_to(unsafe { &*held.entry }, orig)) {
         return Ok(());
     }
-    insert(&reply, &reply_value(orig, &value, now), BPF_ANY)
+    let value = reply_value(orig, &value, now);
+    match found.table {
+        Table::Established => insert(&CONNTRACK, &reply, &value, BPF_ANY),
+        Table::New => insert(&CONNTRACK_NEW, &reply, &value, BPF_ANY),
+    }
+}
+
+/// Moves a new flow to the established table once it has shown it is
+/// established: its reply entry noted a reply, and `flow`, a packet from
+/// the client, is not a SYN (a TCP handshake's last ACK, or a UDP stream's
+/// next datagram). Returns where the flow's original entry is now.
+#[inline(always)]
+pub fn ct4_settle(found: Found, orig: &CtKey, flow: &Flow, backend: &Backend) -> Found {
+    if found.table == Table::Established || flow.is_tcp_open() {
+        return found;
+    }
+    let value = unsafe { *found.entry };
+    let (src_addr, src_port) = source_after_nat(orig, &value);
+    let reply_key = orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port);
+    // SAFETY: copied out of the map.
+    let Some(reply) = (unsafe { CONNTRACK_NEW.get(&reply_key) }).copied() else {
+        return found;
+    };
+    if reply.flags & ct_flags::REPLIED == 0 || !reply_belongs_to(&reply, orig) {
+        return found;
+    }
+    // The reply entry first: a packet between the two inserts finds the
+    // new flow's entries, which are still there.
+    if insert(&CONNTRACK, &reply_key, &reply, BPF_ANY).is_err() || insert(&CONNTRACK, orig, &value, BPF_ANY).is_err() {
+        return found;
+    }
+    let _ = CONNTRACK_NEW.remove(orig);
+    let _ = CONNTRACK_NEW.remove(&reply_key);
+    match CONNTRACK.get_ptr_mut(orig) {
+        Some(entry) => Found {
+            entry,
+            table: Table::Established,
+        },
+        None => found,
+    }
 }
 
 /// How a new flow is translated.
@@ -160,15 +244,27 @@ pub struct Nat {
 }
 
 /// Records both directions of a new flow (or of one moved off a removed
-/// backend).
+/// backend) in the new flows' table, and forgets what the established one
+/// held at the same keys (a flow that was over, or, without SNAT, another
+/// frontend's flow on the same reply tuple, which this one takes over).
 #[inline(always)]
 pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, nat: &Nat) -> Result<(), i64> {
     let now = now_ns();
     let fwd = original_value(svc.rev_nat_index, nat, now);
     let (src_addr, src_port) = source_after_nat(orig, &fwd);
     let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, src_addr, src_port);
-    insert(&reply, &reply_value(orig, &fwd, now), BPF_ANY)?;
-    insert(orig, &fwd, BPF_ANY)
+    forget_established(&reply);
+    forget_established(orig);
+    insert(&CONNTRACK_NEW, &reply, &reply_value(orig, &fwd, now), BPF_ANY)?;
+    insert(&CONNTRACK_NEW, orig, &fwd, BPF_ANY)
+}
+
+#[inline(always)]
+fn forget_established(key: &CtKey) {
+    // SAFETY: only looked at, to skip the delete in the common case.
+    if unsafe { CONNTRACK.get(key) }.is_some() {
+        let _ = CONNTRACK.remove(key);
+    }
 }
 
 /// Which port a SNATed flow got.
@@ -223,20 +319,30 @@ pub fn ct4_create_snat<C: EbpfContext>(
 }
 
 /// Records the flow on source port `port` if no other flow holds the tuple
-/// (see [`ct4_create_snat`]); false if one does.
+/// (see [`ct4_create_snat`]); false if one does. An established flow holding
+/// it is looked for first; the claim itself is the insert into the new
+/// flows' table.
 #[inline(always)]
 fn claim_snat_port(orig: &CtKey, rev_nat_index: u32, nat: &mut Nat, port: u16, now: u64) -> Result<bool, i64> {
     nat.src_port = port;
     let fwd = original_value(rev_nat_index, nat, now);
     let reply = orig.reply_after_nat(nat.backend.addr, nat.backend.port, nat.src_addr, port);
+    // SAFETY: only looked at.
+    if let Some(held) = unsafe { CONNTRACK.get(&reply) } {
+        if !flow_is_over(held, orig.proto, now) {
+            return Ok(false);
+        }
+        let _ = CONNTRACK.remove(&reply);
+    }
     let value = reply_value(orig, &fwd, now);
-    let claimed = insert(&reply, &value, BPF_NOEXIST).is_ok()
-        || (unsafe { CONNTRACK.get(&reply) }.is_some_and(|held| flow_is_over(held, orig.proto, now))
-            && insert(&reply, &value, BPF_ANY).is_ok());
+    let claimed = insert(&CONNTRACK_NEW, &reply, &value, BPF_NOEXIST).is_ok()
+        || (unsafe { CONNTRACK_NEW.get(&reply) }.is_some_and(|held| flow_is_over(held, orig.proto, now))
+            && insert(&CONNTRACK_NEW, &reply, &value, BPF_ANY).is_ok());
     if !claimed {
         return Ok(false);
     }
-    insert(orig, &fwd, BPF_ANY)?;
+    forget_established(orig);
+    insert(&CONNTRACK_NEW, orig, &fwd, BPF_ANY)?;
     Ok(true)
 }
 
@@ -277,6 +383,6 @@ fn reply_value(orig: &CtKey, fwd: &CtValue, now: u64) -> CtValue {
 }
 
 #[inline(always)]
-fn insert(key: &CtKey, value: &CtValue, flags: u32) -> Result<(), i64> {
-    CONNTRACK.insert(key, value, flags as u64).map_err(|e| e as i64)
+fn insert(table: &LruHashMap<CtKey, CtValue>, key: &CtKey, value: &CtValue, flags: u32) -> Result<(), i64> {
+    table.insert(key, value, flags as u64).map_err(|e| e as i64)
 }

@@ -13,8 +13,8 @@ use proxy_common::{
 
 use crate::{
     conntrack::{
-        ct4_create, ct4_create_snat, ct4_forget_reply, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_mark_entry_closing,
-        ct4_refresh, ct_key, now_ns, source_after_nat, starts_anew, Nat, SnatPort,
+        ct4_create, ct4_create_snat, ct4_forget, ct4_lookup_original, ct4_lookup_reply, ct4_mark_closing, ct4_mark_entry_closing,
+        ct4_refresh, ct4_settle, ct_key, now_ns, source_after_nat, starts_anew, Nat, SnatPort,
     },
     lb::{lb4_lookup_backend, lb4_lookup_service, lb4_select_backend_for, lb4_source_allowed, Frontend, Role},
     maps::{config, count},
@@ -72,7 +72,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
         // translated flow used before): that flow is over, and its reply
         // entry would put a frontend on this flow's replies.
         if flow.proto == IPPROTO_UDP || flow.is_tcp_open() {
-            ct4_forget_reply(&CtKey::new(flow.daddr, flow.saddr, flow.dport, flow.sport, flow.proto, CtDirection::Reply));
+            ct4_forget(&CtKey::new(flow.daddr, flow.saddr, flow.dport, flow.sport, flow.proto, CtDirection::Reply));
         }
         return Decision::Pass(Verdict::NotService);
     };
@@ -134,8 +134,8 @@ pub fn reverse(entry: &CtValue) -> Rewrite {
 /// clears the UDP entries of endpoints that stop serving.
 #[inline(always)]
 fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<Nat, i64>> {
-    let entry = ct4_lookup_original(orig, &frontend.svc)?;
-    let value: CtValue = unsafe { *entry };
+    let found = ct4_lookup_original(orig, &frontend.svc)?;
+    let value: CtValue = unsafe { *found.entry };
     let now = now_ns();
     if starts_anew(flow, &value, now) {
         return None;
@@ -150,12 +150,13 @@ fn known_flow(flow: &Flow, orig: &CtKey, frontend: &Frontend) -> Option<Result<N
         },
         None => return None,
     };
+    let found = ct4_settle(found, orig, flow, &backend);
     if flow.is_tcp_close() {
         let (src_addr, src_port) = source_after_nat(orig, &value);
-        ct4_mark_entry_closing(entry);
+        ct4_mark_entry_closing(found.entry);
         ct4_mark_closing(&orig.reply_after_nat(backend.addr, backend.port, src_addr, src_port));
     }
-    Some(ct4_refresh(entry, orig, &backend, now).map(|()| Nat {
+    Some(ct4_refresh(found, orig, &backend, now).map(|()| Nat {
         backend_id: value.backend_id,
         backend,
         flags: value.flags,

@@ -10,7 +10,7 @@ use proxy_common::{
     IPPROTO_UDP,
 };
 
-use crate::maps::CONNTRACK;
+use crate::conntrack::ct4_find;
 use crate::packet::IcmpError;
 
 const IP_CSUM_OFF: usize = 10;
@@ -21,11 +21,11 @@ const IP_DADDR_OFF: usize = 16;
 #[inline(always)]
 pub fn decide_icmp(err: &IcmpError) -> Option<ErrorRewrite> {
     // SAFETY: map values are read and copied at once.
-    if let Some(entry) = unsafe { CONNTRACK.get(&err.quote.reply_key()) } {
-        return Some(towards_client(err.saddr, &err.quote, entry));
+    if let Some(found) = ct4_find(&err.quote.reply_key()) {
+        return Some(towards_client(err.saddr, &err.quote, unsafe { &*found.entry }));
     }
-    let entry = unsafe { CONNTRACK.get(&err.quote.original_key()) }?;
-    Some(towards_backend(entry))
+    let found = ct4_find(&err.quote.original_key())?;
+    Some(towards_backend(unsafe { &*found.entry }))
 }
 
 /// Writes `rw` into the error. Every field is written, a kept one with its

@@ -19,8 +19,11 @@ use proxy_common::{
     Backend, CtDirection, CtKey, Verdict, IPPROTO_TCP};
 
 use crate::{
-    conntrack::{ct4_create_snat, ct4_mark_closing, ct4_mark_entry_closing, ct4_refresh, ct_key, now_ns, starts_anew, Nat},
-    maps::{config, count, CONNTRACK},
+    conntrack::{
+        ct4_create_snat, ct4_find, ct4_forget, ct4_mark_closing, ct4_mark_entry_closing, ct4_refresh, ct4_settle, ct_key, now_ns,
+        starts_anew, Nat,
+    },
+    maps::{config, count},
     node_sockets::{holder, Holder},
 };
 
@@ -51,15 +54,16 @@ pub fn node_flow_port(ctx: &TcContext, flow: &crate::packet::Flow, sent_by: *con
         proto: flow.proto,
         flags: 0,
     };
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&orig) {
+    if let Some(found) = ct4_find(&orig) {
         // SAFETY: a value of the map, copied.
-        let value = unsafe { *entry };
+        let value = unsafe { *found.entry };
         if value.flags & ct_flags::NODE_FLOW != 0 && !starts_anew(flow, &value, now) {
+            let found = ct4_settle(found, &orig, flow, &backend);
             if flow.is_tcp_close() {
-                ct4_mark_entry_closing(entry);
+                ct4_mark_entry_closing(found.entry);
                 ct4_mark_closing(&orig.reply_after_nat(flow.daddr, flow.dport, value.peer_addr, value.peer_port));
             }
-            let _ = ct4_refresh(entry, &orig, &backend, now);
+            let _ = ct4_refresh(found, &orig, &backend, now);
             return Some(value.peer_port);
         }
     }
@@ -69,15 +73,15 @@ pub fn node_flow_port(ctx: &TcContext, flow: &crate::packet::Flow, sent_by: *con
         return None;
     }
     let clash = CtKey::new(flow.daddr, flow.saddr, flow.dport, flow.sport, flow.proto, CtDirection::Reply);
-    // SAFETY: only looked at.
-    let held = unsafe { CONNTRACK.get(&clash) }?;
+    // SAFETY: copied out of the map.
+    let held = unsafe { *ct4_find(&clash)?.entry };
     if held.flags & ct_flags::SNAT == 0 {
         return None;
     }
-    if flow_is_over(held, flow.proto, now) {
+    if flow_is_over(&held, flow.proto, now) {
         // The translated flow that held the tuple is over: its reply entry
         // would hand this flow's replies to that flow's client.
-        let _ = CONNTRACK.remove(&clash);
+        ct4_forget(&clash);
         return None;
     }
     // A clash only if a socket of the node sent this: the packet may be a

@@ -12,7 +12,7 @@ use proxy_common::{
     frag::{FragKey, FragPorts, FRAGMENTS_MAP, MAX_FRAGMENTED_DATAGRAMS},
     tail::{SLOTS, TAIL_CALLS_MAP},
     maps::{
-        AffinityKey, AffinityValue, AFFINITY_MAP, BACKENDS_MAP, BACKEND_SLOTS_MAP, MAX_AFFINITY, CONNTRACK_MAP, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_SERVICES,
+        AffinityKey, AffinityValue, AFFINITY_MAP, BACKENDS_MAP, BACKEND_SLOTS_MAP, MAX_AFFINITY, CONNTRACK_MAP, CONNTRACK_NEW_MAP, MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_CONNTRACK_NEW, MAX_SERVICES,
         MAX_SOURCE_RANGES, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP,
     },
     sock::{
@@ -39,11 +39,12 @@ const fn shape<K, V>(max_entries: u32) -> Shape {
 }
 
 /// Every pinned map the programs declare, as this build lays it out.
-pub const EXPECTED: [(&str, Shape); 13] = [
+pub const EXPECTED: [(&str, Shape); 14] = [
     (SERVICES_MAP, shape::<ServiceKey, ServiceValue>(MAX_SERVICES)),
     (BACKEND_SLOTS_MAP, shape::<BackendSlotKey, u32>(MAX_BACKEND_SLOTS)),
     (BACKENDS_MAP, shape::<u32, Backend>(MAX_BACKENDS)),
     (CONNTRACK_MAP, shape::<CtKey, CtValue>(MAX_CONNTRACK)),
+    (CONNTRACK_NEW_MAP, shape::<CtKey, CtValue>(MAX_CONNTRACK_NEW)),
     (VERDICTS_MAP, shape::<u32, u64>(Verdict::COUNT)),
     (CONFIG_MAP, shape::<u32, DatapathConfig>(1)),
     // An LPM trie key is its prefix length followed by the data.

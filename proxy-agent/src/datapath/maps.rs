@@ -5,7 +5,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray};
 use proxy_common::{
     config::CONFIG_MAP,
-    maps::{BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP},
+    maps::{BACKENDS_MAP, BACKEND_SLOTS_MAP, CONNTRACK_MAP, CONNTRACK_NEW_MAP, SERVICES_MAP, SOURCE_RANGES_MAP, VERDICTS_MAP},
     Backend, BackendSlotKey, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceValue, SourceRange, Verdict,
 };
 
@@ -23,6 +23,7 @@ pub struct PinnedMaps {
     slots: HashMap<MapData, BackendSlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    conntrack_new: HashMap<MapData, CtKey, CtValue>,
     verdicts: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRange, u32>,
     config: Array<MapData, DatapathConfig>,
@@ -48,6 +49,7 @@ impl PinnedMaps {
             slots: open_pinned(&dir, BACKEND_SLOTS_MAP)?.try_into()?,
             backends: open_pinned(&dir, BACKENDS_MAP)?.try_into()?,
             conntrack: open_pinned(&dir, CONNTRACK_MAP)?.try_into()?,
+            conntrack_new: open_pinned(&dir, CONNTRACK_NEW_MAP)?.try_into()?,
             verdicts: open_pinned(&dir, VERDICTS_MAP)?.try_into()?,
             source_ranges: open_pinned(&dir, SOURCE_RANGES_MAP)?.try_into()?,
             config: open_pinned(&dir, CONFIG_MAP)?.try_into()?,
@@ -172,33 +174,43 @@ impl PinnedMaps {
         Ok(out)
     }
 
+    /// Every conntrack entry, established flows' first.
     pub fn conntrack_entries(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
         let mut out = Vec::new();
-        for entry in self.conntrack.iter() {
-            out.push(entry?);
+        for table in CtTable::ALL {
+            for entry in self.ct(table).iter() {
+                out.push(entry?);
+            }
         }
         Ok(out)
     }
 
-    /// Conntrack keys whose entry `over` says is done with, read a chunk
+    fn ct(&self, table: CtTable) -> &HashMap<MapData, CtKey, CtValue> {
+        match table {
+            CtTable::Established => &self.conntrack,
+            CtTable::New => &self.conntrack_new,
+        }
+    }
+
+    /// Keys of `table` whose entry `over` says is done with, read a chunk
     /// at a time in batches.
-    pub fn conntrack_keys_where(&self, over: impl Fn(&CtKey, &CtValue) -> bool) -> anyhow::Result<(usize, Vec<CtKey>)> {
+    pub fn conntrack_keys_where(&self, table: CtTable, over: impl Fn(&CtKey, &CtValue) -> bool) -> anyhow::Result<(usize, Vec<CtKey>)> {
         let mut seen = 0;
         let mut keys = Vec::new();
-        batch::for_each::<CtKey, CtValue>(self.conntrack.map(), 4096, |k, v| {
+        batch::for_each::<CtKey, CtValue>(self.ct(table).map(), 4096, |k, v| {
             seen += k.len();
             keys.extend(k.iter().zip(v).filter(|(k, v)| over(k, v)).map(|(k, _)| *k));
         })?;
         Ok((seen, keys))
     }
 
-    /// Deletes conntrack entries; one gone already (evicted, or deleted
+    /// Deletes entries of `table`; one gone already (evicted, or deleted
     /// by the datapath) is skipped. Returns how many were deleted.
-    pub fn delete_conntrack(&mut self, keys: &[CtKey]) -> usize {
+    pub fn delete_conntrack(&mut self, table: CtTable, keys: &[CtKey]) -> usize {
         let mut deleted = 0;
         let mut rest = keys;
         while !rest.is_empty() {
-            match batch::delete(self.conntrack.map(), rest) {
+            match batch::delete(self.ct(table).map(), rest) {
                 Ok(()) => return deleted + rest.len(),
                 Err(partial) => {
                     deleted += partial.done;
@@ -209,12 +221,12 @@ impl PinnedMaps {
         deleted
     }
 
-    /// Conntrack keys, counted without reading values, stopping at `limit`.
-    /// A key deleted under the walk restarts it from the first key, so on a
-    /// busy LRU map only the limit bounds it.
-    pub fn count_conntrack(&self, limit: usize) -> anyhow::Result<usize> {
+    /// Keys of `table`, counted without reading values, stopping at
+    /// `limit`. A key deleted under the walk restarts it from the first key,
+    /// so on a busy LRU map only the limit bounds it.
+    pub fn count_conntrack(&self, table: CtTable, limit: usize) -> anyhow::Result<usize> {
         let mut count = 0;
-        for key in self.conntrack.keys() {
+        for key in self.ct(table).keys() {
             key?;
             count += 1;
             if count >= limit {
@@ -222,6 +234,33 @@ impl PinnedMaps {
             }
         }
         Ok(count)
+    }
+}
+
+/// The datapath's two conntrack tables (see `proxy-ebpf`'s `conntrack`):
+/// flows that have shown they are established, and new ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtTable {
+    Established,
+    New,
+}
+
+impl CtTable {
+    pub const ALL: [CtTable; 2] = [CtTable::Established, CtTable::New];
+
+    pub fn capacity(self) -> u32 {
+        match self {
+            CtTable::Established => proxy_common::maps::MAX_CONNTRACK,
+            CtTable::New => proxy_common::maps::MAX_CONNTRACK_NEW,
+        }
+    }
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            CtTable::Established => "established",
+            CtTable::New => "new",
+        }
     }
 }
 

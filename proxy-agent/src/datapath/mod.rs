@@ -19,7 +19,7 @@ pub use bpffs::{ensure_bpffs, lock_node};
 pub use cgroup::{attach_cgroup, prepare_cgroup_root};
 pub use devices::{attach_device, detach_device, forget_device, pinned_devices};
 pub use inventory::{attachments, Attachment};
-pub use maps::PinnedMaps;
+pub use maps::{CtTable, PinnedMaps};
 pub use programs::{cleanup, load, DeviceRole};
 pub use sock_rev_nat::SockRevNat;
 pub use xdp::{detach_xdp, load_xdp};

@@ -53,8 +53,9 @@ impl Histogram {
 pub struct DatapathFigures {
     /// (verdict name, packets), summed over CPUs.
     pub verdicts: Vec<(&'static str, u64)>,
-    /// Entries in the conntrack map (two per flow: original and reply).
-    pub conntrack_entries: Option<u64>,
+    /// Entries per conntrack table (two per flow: original and reply), by
+    /// table name (`established`, `new`).
+    pub conntrack_entries: Option<Vec<(&'static str, u64)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -222,9 +223,15 @@ impl Metrics {
                 out.sample("ebpf_proxy_datapath_verdicts_total", &[("verdict", verdict)], *n as f64);
             }
         }
-        if let Some(n) = datapath.conntrack_entries {
-            out.family("ebpf_proxy_conntrack_entries", "gauge", "Entries in the conntrack map (two per flow), counted at most every 10 s.");
-            out.sample("ebpf_proxy_conntrack_entries", &[], n as f64);
+        if let Some(tables) = &datapath.conntrack_entries {
+            out.family(
+                "ebpf_proxy_conntrack_entries",
+                "gauge",
+                "Entries in each conntrack table (two per flow; established flows, and new ones not yet established), counted at most every 10 s.",
+            );
+            for (table, n) in tables {
+                out.sample("ebpf_proxy_conntrack_entries", &[("table", table)], *n as f64);
+            }
         }
         out.0
     }
@@ -320,7 +327,7 @@ mod tests {
         m.programmed(p, 1);
         let figures = DatapathFigures {
             verdicts: vec![("translated", 60), ("no_backend", 0)],
-            conntrack_entries: Some(120),
+            conntrack_entries: Some(vec![("established", 120), ("new", 7)]),
         };
         let text = m.render(&figures);
         assert_eq!(value(&text, "ebpf_proxy_services"), 3.0);
@@ -328,7 +335,8 @@ mod tests {
         assert_eq!(value(&text, "ebpf_proxy_backends"), 6.0);
         assert_eq!(value(&text, "ebpf_proxy_map_write_failures_total"), 3.0);
         assert_eq!(value(&text, "ebpf_proxy_datapath_verdicts_total{verdict=\"translated\"}"), 60.0);
-        assert_eq!(value(&text, "ebpf_proxy_conntrack_entries"), 120.0);
+        assert_eq!(value(&text, "ebpf_proxy_conntrack_entries{table=\"established\"}"), 120.0);
+        assert_eq!(value(&text, "ebpf_proxy_conntrack_entries{table=\"new\"}"), 7.0);
     }
 
     #[test]

@@ -14,9 +14,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proxy_common::maps::MAX_CONNTRACK;
 
-use crate::datapath::{PinLayout, PinnedMaps};
+use crate::datapath::{CtTable, PinLayout, PinnedMaps};
 use crate::model::Model;
 use crate::skip::Skipped;
 use crate::tables::Tables;
@@ -90,7 +89,7 @@ struct Shared {
     metrics: Mutex<Metrics>,
     /// Opened once the programs are loaded and the maps pinned.
     datapath: OnceLock<Mutex<PinnedMaps>>,
-    conntrack: Mutex<Option<(Instant, u64)>>,
+    conntrack: Mutex<Option<(Instant, Vec<(&'static str, u64)>)>>,
 }
 
 pub struct Telemetry {
@@ -246,15 +245,19 @@ impl Shared {
             }
         };
         let mut cached = self.conntrack.lock().unwrap();
-        let fresh = cached.filter(|(at, _)| at.elapsed() < CONNTRACK_COUNT_INTERVAL);
+        let fresh = cached.as_ref().filter(|(at, _)| at.elapsed() < CONNTRACK_COUNT_INTERVAL);
         let conntrack_entries = match fresh {
-            Some((_, n)) => Some(n),
+            Some((_, tables)) => Some(tables.clone()),
             // A walk restarted by concurrent deletions could go on; it
             // stops at the map's capacity.
-            None => match maps.count_conntrack(MAX_CONNTRACK as usize) {
-                Ok(n) => {
-                    *cached = Some((Instant::now(), n as u64));
-                    Some(n as u64)
+            None => match CtTable::ALL
+                .into_iter()
+                .map(|t| maps.count_conntrack(t, t.capacity() as usize).map(|n| (t.name(), n as u64)))
+                .collect::<anyhow::Result<Vec<_>>>()
+            {
+                Ok(tables) => {
+                    *cached = Some((Instant::now(), tables.clone()));
+                    Some(tables)
                 }
                 Err(error) => {
                     tracing::warn!(%error, "counting conntrack entries");

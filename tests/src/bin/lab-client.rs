@@ -10,6 +10,8 @@
 //! line per request: `ok BACKEND SEEN_SOURCE REPLY_FROM MICROS AT_MS` or
 //! `err REASON MICROS AT_MS` (AT_MS: when the request started, Unix time in
 //! milliseconds). Bounded in count and time: every request has a timeout.
+//! `udp-flood` sends COUNT one-datagram flows without waiting for replies
+//! and prints `flooded SENT MICROS`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -27,6 +29,12 @@ fn main() -> anyhow::Result<()> {
     let count: u32 = count.parse()?;
     let timeout = Duration::from_millis(timeout_ms.parse()?);
     let mut out = std::io::stdout().lock();
+    if proto == "udp-flood" {
+        let started = Instant::now();
+        let sent = flood(target, count)?;
+        writeln!(out, "flooded {sent} {}", started.elapsed().as_micros())?;
+        return Ok(());
+    }
     let mut flow: Option<Flow> = None;
     for _ in 0..count.min(100_000) {
         let started = Instant::now();
@@ -128,6 +136,44 @@ fn udp_big(target: SocketAddr, timeout: Duration, connected: bool, bytes: usize)
     anyhow::ensure!(n == bytes, "answer of {n} bytes, not {bytes}");
     let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string();
     Ok((line, from))
+}
+
+/// COUNT new UDP flows as fast as they go, replies unread: one datagram
+/// each, written whole on a raw socket from the next (address, port) of the
+/// addresses in `LAB_CLIENT_SOURCES` (comma-separated) and ports
+/// 10000-29999, so no two flows share a tuple within 20,000 per address.
+fn flood(target: SocketAddr, count: u32) -> anyhow::Result<u32> {
+    let sources: Vec<std::net::Ipv4Addr> = std::env::var("LAB_CLIENT_SOURCES")?.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let std::net::IpAddr::V4(daddr) = target.ip() else {
+        anyhow::bail!("IPv4 targets only");
+    };
+    // IPPROTO_RAW: the datagram carries its own IP header.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(255)))?;
+    let payload = b"flood\n";
+    let mut packet = [0u8; 20 + 8 + 6];
+    let len = packet.len() as u16;
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&len.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = 17;
+    packet[16..20].copy_from_slice(&daddr.octets());
+    packet[22..24].copy_from_slice(&target.port().to_be_bytes());
+    packet[24..26].copy_from_slice(&(len - 20).to_be_bytes());
+    // UDP checksum 0: none (the kernel fills the IP header's).
+    packet[28..].copy_from_slice(payload);
+    const PORTS: u32 = 20_000;
+    let mut sent = 0;
+    for i in 0..count.min(1_000_000) {
+        let source = sources[i as usize % sources.len()];
+        let port = 10_000 + (i / sources.len() as u32) % PORTS;
+        packet[4..6].copy_from_slice(&(i as u16).to_be_bytes());
+        packet[12..16].copy_from_slice(&source.octets());
+        packet[20..22].copy_from_slice(&(port as u16).to_be_bytes());
+        if socket.send_to(&packet, &target.into()).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(sent)
 }
 
 /// A TCP connection, from `LAB_CLIENT_SOURCE_PORT` if set.
