@@ -102,12 +102,13 @@ pub struct RunArgs {
     node_ips: Vec<std::net::Ipv4Addr>,
     /// Also attach the XDP fast path for NodePort, LoadBalancer and external
     /// IP traffic to the `--device` devices that are NICs (not veths).
-    #[arg(long)]
+    /// `--xdp` alone is `--xdp=true`.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     xdp: bool,
     /// With `--xdp`, attach it to veth devices too. Only where every frame a
     /// veth receives has a complete checksum (its peer's transmit checksum
     /// offload off): XDP cannot see a partial one, and would break it.
-    #[arg(long, requires = "xdp")]
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     xdp_on_veth: bool,
     /// Seconds between passes that delete the conntrack entries of flows
     /// that are over; 0 leaves them to the map's LRU eviction.
@@ -182,7 +183,11 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         },
         cgroup_root,
         match (args.xdp, args.xdp_on_veth) {
-            (false, _) => Xdp::Off,
+            (false, true) => {
+                tracing::warn!("--xdp-on-veth without --xdp: no XDP program is attached");
+                Xdp::Off
+            }
+            (false, false) => Xdp::Off,
             (true, false) => Xdp::On,
             (true, true) => Xdp::OnVethsToo,
         },

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{binaries, HOST_ONLY, SYNC_TIMEOUT};
+use common::{binaries, Config, HOST_ONLY, SYNC_TIMEOUT, XDP_ON_VETHS};
 use proxy_lab::manifests::ServiceSpec;
 use proxy_lab::privilege::require_root;
 use proxy_lab::{Lab, Offloads, Summary};
@@ -16,17 +16,17 @@ use proxy_lab::{Lab, Offloads, Summary};
 const BYTES: u64 = 10 * 1024 * 1024;
 const NODE_PORT: u16 = 30080;
 
-fn lab(flags: &[&str]) -> (Lab, Vec<proxy_lab::Agent>) {
-    lab_with(flags, Offloads::KERNEL_DEFAULTS)
+fn lab(config: Config) -> (Lab, Vec<proxy_lab::Agent>) {
+    lab_with(config, Offloads::KERNEL_DEFAULTS)
 }
 
-fn lab_with(flags: &[&str], offloads: Offloads) -> (Lab, Vec<proxy_lab::Agent>) {
+fn lab_with(config: Config, offloads: Offloads) -> (Lab, Vec<proxy_lab::Agent>) {
     let lab = Lab::with_options(binaries(), proxy_lab::lab::DEFAULT_PODS, offloads).expect("lab up");
     lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
     let mut spec = ServiceSpec::new("web", "10.96.0.10", 80).on_pods(&lab, &["web-1", "web-2", "web-3"]);
     spec.node_port = Some(NODE_PORT);
     lab.write_manifest("web.yaml", &spec.yaml()).unwrap();
-    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with(n, flags).unwrap()).collect();
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with_config(n, &[], config).unwrap()).collect();
     for agent in &agents {
         agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     }
@@ -70,10 +70,10 @@ fn bulk_tcp_through_a_cluster_ip_with_default_offloads() {
     }
     // The socket hooks (no per-packet work), then per packet on the pod's
     // device.
-    for flags in [&[][..], &[HOST_ONLY]] {
-        let (lab, _agents) = lab(flags);
+    for config in [&[][..], &[HOST_ONLY]] {
+        let (lab, _agents) = lab(config);
         let slowest = transfers(&lab, &lab.pod("client-a").ns, "10.96.0.10:80", 6);
-        println!("agent flags {flags:?}: slowest 10 MB transfer through the ClusterIP: {slowest} ms");
+        println!("agent config {config:?}: slowest 10 MB transfer through the ClusterIP: {slowest} ms");
     }
 }
 
@@ -86,7 +86,7 @@ fn bulk_tcp_through_a_nodeport_with_xdp_and_default_offloads() {
     }
     // XDP belongs on NICs: the underlay as a wire between them (complete
     // checksums, MTU-sized frames); the lab's node devices are veths.
-    let (lab, _agents) = lab_with(&["--xdp", "--xdp-on-veth"], Offloads::NIC_UNDERLAY);
+    let (lab, _agents) = lab_with(&XDP_ON_VETHS, Offloads::NIC_UNDERLAY);
     lab.enable_xdp_transmit().unwrap();
     for node in 0..2 {
         let target = format!("{}:{NODE_PORT}", lab.node_ip(node));

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{binaries, counter, HOST_ONLY, SYNC_TIMEOUT};
+use common::{binaries, counter, Config, HOST_ONLY, SYNC_TIMEOUT};
 use proxy_lab::cmd::sysctl;
 use proxy_lab::manifests::service;
 use proxy_lab::privilege::require_root;
@@ -18,27 +18,27 @@ const WEB_IP: &str = "10.96.0.10";
 const WEB_PORT: u16 = 80;
 
 /// A lab with backends in web-1 (node 1), web-2 and web-3 (node 2), the `web`
-/// Service on all three, and node 1's agent (with `flags`) synced.
-fn web_lab(flags: &[&str]) -> (Lab, proxy_lab::Agent) {
+/// Service on all three, and node 1's agent (with `config`) synced.
+fn web_lab(config: Config) -> (Lab, proxy_lab::Agent) {
     let lab = Lab::up(binaries()).expect("lab up");
     lab.start_backends(&["web-1", "web-2", "web-3"]).expect("backends");
     let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
     lab.write_manifest("web.yaml", &service("web", WEB_IP, WEB_PORT, &eps)).unwrap();
-    let agent = lab.start_agent_with(0, flags).expect("agent");
+    let agent = lab.start_agent_with_config(0, &[], config).expect("agent");
     agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
     (lab, agent)
 }
 
 /// In both modes: the socket hooks (default) and per packet.
 fn assert_reaches_every_backend(proto: &str) {
-    for flags in [&[][..], &[HOST_ONLY]] {
-        println!("{proto}, agent flags {flags:?}");
-        assert_reaches_every_backend_with(proto, flags);
+    for config in [&[][..], &[HOST_ONLY]] {
+        println!("{proto}, agent config {config:?}");
+        assert_reaches_every_backend_with(proto, config);
     }
 }
 
-fn assert_reaches_every_backend_with(proto: &str, flags: &[&str]) {
-    let (lab, _agent) = web_lab(flags);
+fn assert_reaches_every_backend_with(proto: &str, config: Config) {
+    let (lab, _agent) = web_lab(config);
     let client = lab.pod("client-a");
     let target = format!("{WEB_IP}:{WEB_PORT}");
     let replies = lab.requests(&client.ns, proto, &target, 60, 1000).unwrap();
@@ -162,7 +162,7 @@ fn connections_on_reused_client_ports_are_never_misrouted() {
     let eps = [(lab.pod("web-2").ip, true), (lab.pod("web-3").ip, true)];
     let services: Vec<String> = (0..20).map(|i| service(&format!("s{i}"), &format!("10.96.0.{}", 100 + i), 80, &eps)).collect();
     lab.write_manifest("shared.yaml", &services.join("---\n")).unwrap();
-    let agent = lab.start_agent_with(0, &[HOST_ONLY]).unwrap();
+    let agent = lab.start_agent_with_config(0, &[], &[HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let client = lab.pod("client-a").ns.clone();
     sysctl(&client, "net.ipv4.tcp_tw_reuse", "1").unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use common::{binaries, counter, SYNC_TIMEOUT};
+use common::{binaries, counter, Config, HOST_ONLY, SYNC_TIMEOUT, XDP_ON_VETHS};
 use proxy_lab::manifests::ServiceSpec;
 use proxy_lab::privilege::require_root;
 use proxy_lab::{Lab, Offloads, Summary};
@@ -23,20 +23,20 @@ const ALL_WEB: [&str; 3] = ["web-1", "web-2", "web-3"];
 /// agents on both nodes serving `services`, and the external client routing
 /// LoadBalancer and external IPs to node 1.
 fn lab_with(services: impl Fn(&Lab) -> Vec<ServiceSpec>) -> (Lab, Vec<proxy_lab::Agent>) {
-    lab_with_flags(services, &[])
+    lab_with_config(services, &[])
 }
 
-fn lab_with_flags(services: impl Fn(&Lab) -> Vec<ServiceSpec>, flags: &[&str]) -> (Lab, Vec<proxy_lab::Agent>) {
-    lab_with_options(services, flags, Offloads::KERNEL_DEFAULTS)
+fn lab_with_config(services: impl Fn(&Lab) -> Vec<ServiceSpec>, config: Config) -> (Lab, Vec<proxy_lab::Agent>) {
+    lab_with_options(services, config, Offloads::KERNEL_DEFAULTS)
 }
 
-fn lab_with_options(services: impl Fn(&Lab) -> Vec<ServiceSpec>, flags: &[&str], offloads: Offloads) -> (Lab, Vec<proxy_lab::Agent>) {
+fn lab_with_options(services: impl Fn(&Lab) -> Vec<ServiceSpec>, config: Config, offloads: Offloads) -> (Lab, Vec<proxy_lab::Agent>) {
     let lab = Lab::with_options(binaries(), proxy_lab::lab::DEFAULT_PODS, offloads).expect("lab up");
     lab.start_backends(&ALL_WEB).expect("backends");
     for spec in services(&lab) {
         lab.write_manifest(&format!("{}.yaml", spec.name), &spec.yaml()).unwrap();
     }
-    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with(n, flags).expect("agent")).collect();
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with_config(n, &[], config).expect("agent")).collect();
     for agent in &agents {
         agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
     }
@@ -240,7 +240,7 @@ fn hairpin_in_host_namespace_only_mode_is_masqueraded_as_the_frontend() {
         spec.node_port = Some(30084);
         vec![spec]
     };
-    let (lab, _agents) = lab_with_flags(services, &["--socket-lb-host-namespace-only=true"]);
+    let (lab, _agents) = lab_with_config(services, &[HOST_ONLY]);
     let web1 = lab.pod("web-1");
     let node1 = lab.node_ip(0).to_string();
     let all = ["tcp", "udp", "udp-connected"];
@@ -348,7 +348,7 @@ fn xdp_serves_nodeports_and_load_balancers_before_the_stack() {
     };
     // The underlay as a wire between NICs (complete checksums), where XDP
     // belongs; the lab's node devices are veths, hence --xdp-on-veth.
-    let (lab, _agents) = lab_with_options(services, &["--xdp", "--xdp-on-veth"], Offloads::NIC_UNDERLAY);
+    let (lab, _agents) = lab_with_options(services, &XDP_ON_VETHS, Offloads::NIC_UNDERLAY);
     lab.enable_xdp_transmit().unwrap();
     let (node1, node2) = (lab.node_ip(0).to_string(), lab.node_ip(1).to_string());
     // Warm the nodes' neighbour tables, so the XDP FIB lookups resolve; the
@@ -444,7 +444,7 @@ fn cluster_ips_from_outside_only_when_the_config_says_so() {
         assert_eq!(s.failed, 3, "{proto}: a ClusterIP answered from outside: {s:?}");
     }
     drop(agents);
-    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with(n, &["--external-cluster-ip=true"]).unwrap()).collect();
+    let agents: Vec<_> = (0..2).map(|n| lab.start_agent_with_config(n, &[], &[("EXTERNAL_CLUSTER_IP", "true")]).unwrap()).collect();
     for agent in &agents {
         agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     }
@@ -465,7 +465,7 @@ fn xdp_stays_off_veths_unless_told_their_checksums_are_complete() {
         np.node_port = Some(30080);
         vec![np]
     };
-    let (lab, agents) = lab_with_flags(services, &["--xdp"]);
+    let (lab, agents) = lab_with_config(services, &[("XDP", "true")]);
     lab.enable_xdp_transmit().unwrap();
     assert!(agents[0].own_log().contains("XDP not attached: the device is a veth"), "{}", agents[0].own_log());
     let attachments = lab.agent_command(0, &["list", "attachments"]).unwrap();
@@ -491,9 +491,10 @@ fn every_rewrite_leaves_checksums_exact() {
         vec![np]
     };
     let node1 = |lab: &Lab| lab.node_ip(0).to_string();
-    for flags in [&["--socket-lb-host-namespace-only=true"][..], &["--socket-lb-host-namespace-only=true", "--xdp", "--xdp-on-veth"]] {
-        let (lab, _agents) = lab_with_options(services, flags, Offloads::NONE);
-        if flags.contains(&"--xdp") {
+    let with_xdp = [HOST_ONLY, XDP_ON_VETHS[0], XDP_ON_VETHS[1]];
+    for config in [&[HOST_ONLY][..], &with_xdp] {
+        let (lab, _agents) = lab_with_options(services, config, Offloads::NONE);
+        if config.contains(&("XDP", "true")) {
             lab.enable_xdp_transmit().unwrap();
         }
         let client = lab.pod("client-a");

@@ -101,7 +101,7 @@ fn an_established_tcp_connection_outlives_its_endpoint_leaving() {
         return;
     }
     let lab = lab_with_web(&["web-2"]);
-    let agent = lab.start_agent_with(0, &[common::HOST_ONLY]).unwrap();
+    let agent = lab.start_agent_with_config(0, &[], &[common::HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let (web2, web3) = (lab.pod("web-2").ip, lab.pod("web-3").ip);
     let leavings: [(&str, Vec<(std::net::Ipv4Addr, bool)>); 2] =

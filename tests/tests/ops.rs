@@ -41,7 +41,7 @@ fn metrics_and_probes_match_the_traffic_sent() {
     lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
     lab.write_manifest("broken.yaml", BAD_SERVICE).unwrap();
     // Pods served per packet, so every connection is tracked.
-    let agent = lab.start_agent_with(0, &[HOST_ONLY]).unwrap();
+    let agent = lab.start_agent_with_config(0, &[], &[HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let node = lab.nodes[0].ns.clone();
 
@@ -82,7 +82,11 @@ fn metrics_and_probes_match_the_traffic_sent() {
     let fields: Vec<&str> = summary.split_whitespace().collect();
     let (flows, entries): (u64, u64) = (fields[0].parse().unwrap(), fields[2].parse().unwrap());
     assert_eq!(flows, u64::from(REQUESTS), "{summary}");
-    assert_eq!(sample(&metrics, "ebpf_proxy_conntrack_entries") as u64, entries);
+    let established = sample(&metrics, "ebpf_proxy_conntrack_entries{table=\"established\"}") as u64;
+    let new = sample(&metrics, "ebpf_proxy_conntrack_entries{table=\"new\"}") as u64;
+    assert_eq!(established + new, entries, "established {established} + new {new}");
+    // Each connection completed its handshake: moved to the established table.
+    assert_eq!(established, entries, "established {established} + new {new}");
     assert_eq!(entries, 2 * flows, "every flow has its reply entry: {summary}");
 
     // Probes: healthy after a sync, with kube-proxy's body; reachable from
@@ -126,7 +130,7 @@ fn conntrack_of_closed_connections_is_collected_and_live_flows_are_kept() {
     let eps: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|p| (lab.pod(p).ip, true)).collect();
     lab.write_manifest("web.yaml", &service("web", "10.96.0.10", 80, &eps)).unwrap();
     // Pods served per packet, so their connections are tracked.
-    let agent = lab.start_agent_with(0, &["--conntrack-gc-interval", "1", HOST_ONLY]).unwrap();
+    let agent = lab.start_agent_with_config(0, &[], &[("CONNTRACK_GC_INTERVAL", "1"), HOST_ONLY]).unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let client = lab.pod("client-a").ns.clone();
     // A live flow: one connection, a request every 200 ms for 20 s.
@@ -170,8 +174,8 @@ fn port_ranges_the_datapath_answers_for_are_kept_from_local_sockets() {
     for node in &lab.nodes {
         sysctl(&node.ns, "net.ipv4.ip_local_port_range", "30000 32999").unwrap();
     }
-    let protected = lab.start_agent_with(0, &["--snat-port-range", "32900-32999"]).unwrap();
-    let unprotected = lab.start_agent_with(1, &["--snat-port-range", "32900-32999", "--protect-port-ranges=false"]).unwrap();
+    let protected = lab.start_agent_with_config(0, &[], &[("SNAT_PORT_RANGE", "32900-32999")]).unwrap();
+    let unprotected = lab.start_agent_with_config(1, &[], &[("SNAT_PORT_RANGE", "32900-32999"), ("PROTECT_PORT_RANGES", "false")]).unwrap();
     protected.wait_synced(1, SYNC_TIMEOUT).unwrap();
     unprotected.wait_synced(1, SYNC_TIMEOUT).unwrap();
     assert_eq!(reserved(0), "30000-32767,32900-32999");
@@ -196,7 +200,7 @@ fn bind_address_flags_move_the_servers() {
     }
     let lab = Lab::up(binaries()).expect("lab up");
     let agent = lab
-        .start_agent_with(1, &["--metrics-bind-address", "0.0.0.0:9100", "--healthz-bind-address", "127.0.0.1:9101"])
+        .start_agent_with_config(1, &[], &[("METRICS_BIND_ADDRESS", "0.0.0.0:9100"), ("HEALTHZ_BIND_ADDRESS", "127.0.0.1:9101")])
         .unwrap();
     agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
     let node = &lab.nodes[1].ns;

@@ -7,10 +7,15 @@ use proxy_lab::{Binaries, Summary};
 
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// ConfigMap settings (`manifests/config.yaml` keys) an agent is started
+/// with, as an operator's kustomize patch would set them.
+pub type Config<'a> = &'a [(&'a str, &'a str)];
+
 /// Socket-level load balancing for host processes only: pods' flows go per
-/// packet through the tc programs on their devices and conntrack (the
-/// DaemonSet's SOCKET_LB_HOST_NAMESPACE_ONLY).
-pub const HOST_ONLY: &str = "--socket-lb-host-namespace-only=true";
+/// packet through the tc programs on their devices and conntrack.
+pub const HOST_ONLY: (&str, &str) = ("SOCKET_LB_HOST_NAMESPACE_ONLY", "true");
+/// The XDP fast path, on the lab nodes' devices, which are veths.
+pub const XDP_ON_VETHS: [(&str, &str); 2] = [("XDP", "true"), ("XDP_ON_VETH", "true")];
 
 pub fn binaries() -> Binaries {
     // proxy-agent belongs to another package of the workspace: it sits next
