@@ -131,7 +131,8 @@ fn measure_size(
     let mut program_cost = std::collections::BTreeMap::new();
     for mode in Mode::ALL {
         let t = Instant::now();
-        let (d, took) = modes::Deployed::program(lab, mode, cluster).with_context(|| format!("N={n}: programming {}", mode.label()))?;
+        let (d, took) = with_progress(&format!("N={n} {:<12} programming", mode.label()), || modes::Deployed::program(lab, mode, cluster))
+            .with_context(|| format!("N={n}: programming {}", mode.label()))?;
         println!("bench: N={n} {:<12} programmed in {}", mode.label(), ms(took));
         samples.add(n, mode, Metric::Program, took.map(millis));
         program_cost.insert(mode, t.elapsed());
@@ -186,6 +187,28 @@ fn measure_size(
         d.remove(lab)?;
     }
     Ok(())
+}
+
+/// Runs `work`, printing `what` and the time so far every 15 s until it is
+/// done: programming 10,000 Services takes kube-proxy's modes minutes.
+fn with_progress<T>(what: &str, work: impl FnOnce() -> T) -> T {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut next = Duration::from_secs(15);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if started.elapsed() >= next {
+                    println!("bench: {what}: {} s so far", started.elapsed().as_secs());
+                    next += Duration::from_secs(15);
+                }
+            }
+        });
+        let out = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    })
 }
 
 /// The run's end, and how many sizes are still to be measured.

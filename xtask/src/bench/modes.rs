@@ -44,18 +44,20 @@ pub struct Traffic {
     pub connect_random: Outcome,
     pub keepalive: Outcome,
     pub udp_nodeport: Outcome,
+    pub tcp_nodeport: Outcome,
 }
 
 impl Traffic {
     pub fn summary(&self) -> String {
         let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
         format!(
-            "conn/s last {} random {}  keep-alive p50/p99 {}/{} µs  UDP NodePort/s {}",
+            "conn/s last {} random {}  keep-alive p50/p99 {}/{} µs  UDP NodePort/s {}  TCP NodePort conn/s {}",
             f(self.connect_last.value),
             f(self.connect_random.value),
             f(self.keepalive.value),
             f(self.keepalive.second),
             f(self.udp_nodeport.value),
+            f(self.tcp_nodeport.value),
         )
     }
 }
@@ -65,11 +67,12 @@ pub fn traffic(lab: &BenchLab, mode: Mode, cluster: &Cluster, d: &Durations) -> 
     check_reachable(lab, mode, cluster)?;
     let client_ns = lab.client_ns(mode);
     let last = cluster.find(cluster::TARGET_LAST).context("no last target")?;
-    let (last_targets, udp_targets) = match mode {
-        Mode::Direct => (lab.backend_targets(), lab.backend_targets()),
+    let (last_targets, udp_targets, tcp_node_port_targets) = match mode {
+        Mode::Direct => (lab.backend_targets(), lab.backend_targets(), lab.backend_targets()),
         _ => (
             vec![format!("{}:{}", last.cluster_ip, cluster::HTTP_PORT)],
             vec![format!("{}:{}", lab.node_ip(mode), cluster::TARGET_NODE_PORTS[0].1)],
+            vec![format!("{}:{}", lab.node_ip(mode), cluster::TARGET_NODE_PORTS[0].0)],
         ),
     };
     let connect_last = workloads::rate(lab, client_ns, "connect", &last_targets, d.connect)?;
@@ -82,6 +85,9 @@ pub fn traffic(lab: &BenchLab, mode: Mode, cluster: &Cluster, d: &Durations) -> 
         connect_random,
         keepalive: workloads::keepalive(lab, client_ns, &last_targets[0], d.keepalive_requests)?,
         udp_nodeport: workloads::rate(lab, &lab.lab.client_ns, "udp", &udp_targets, d.udp)?,
+        // New connections from outside: SNATed to the node (Cluster
+        // policy), the path whose ports a closed connection holds.
+        tcp_nodeport: workloads::rate(lab, &lab.lab.client_ns, "connect", &tcp_node_port_targets, d.connect)?,
     })
 }
 

@@ -11,17 +11,19 @@ pub enum Metric {
     KeepaliveP50,
     KeepaliveP99,
     UdpNodePort,
+    TcpNodePort,
     Program,
     EndpointChange,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 8] = [
         Metric::ConnectLast,
         Metric::ConnectRandom,
         Metric::KeepaliveP50,
         Metric::KeepaliveP99,
         Metric::UdpNodePort,
+        Metric::TcpNodePort,
         Metric::Program,
         Metric::EndpointChange,
     ];
@@ -33,6 +35,7 @@ impl Metric {
             Metric::KeepaliveP50 => "keep-alive request p50 (µs)",
             Metric::KeepaliveP99 => "keep-alive request p99 (µs)",
             Metric::UdpNodePort => "UDP NodePort requests/s, external client",
+            Metric::TcpNodePort => "TCP NodePort new connections/s, external client",
             Metric::Program => "program N Services from empty (ms)",
             Metric::EndpointChange => "one endpoint change at N (ms)",
         }
@@ -45,6 +48,7 @@ impl Metric {
             Metric::KeepaliveP50 => "keepalive_p50_us",
             Metric::KeepaliveP99 => "keepalive_p99_us",
             Metric::UdpNodePort => "udp_nodeport_per_s",
+            Metric::TcpNodePort => "tcp_nodeport_per_s",
             Metric::Program => "program_ms",
             Metric::EndpointChange => "endpoint_change_ms",
         }
@@ -96,6 +100,7 @@ impl Samples {
         self.add(n, mode, Metric::KeepaliveP50, t.keepalive.value);
         self.add(n, mode, Metric::KeepaliveP99, t.keepalive.second);
         self.add(n, mode, Metric::UdpNodePort, t.udp_nodeport.value);
+        self.add(n, mode, Metric::TcpNodePort, t.tcp_nodeport.value);
     }
 
     pub fn spread(&self, n: usize, mode: Mode, metric: Metric) -> Option<Spread> {
