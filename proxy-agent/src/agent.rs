@@ -565,7 +565,10 @@ impl Sync {
     fn report_skipped(&mut self, skipped: Vec<Skipped>) {
         for s in &skipped {
             if !self.last_skipped.contains(s) {
-                tracing::warn!(object = %s.object, reason = s.reason.label(), "skipped");
+                match &s.held_by {
+                    Some(holder) => tracing::warn!(object = %s.object, reason = s.reason.label(), held_by = %holder, "skipped: another Service holds the frontend"),
+                    None => tracing::warn!(object = %s.object, reason = s.reason.label(), "skipped"),
+                }
             }
         }
         self.last_skipped = skipped;

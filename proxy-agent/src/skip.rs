@@ -40,6 +40,10 @@ pub enum SkipReason {
     /// A `loadBalancerSourceRanges` entry is not an IPv4 CIDR; it admits no
     /// one (if no entry is valid, the LoadBalancer addresses admit no one).
     InvalidSourceRange,
+    /// An externalIP equal to another Service's ClusterIP, NodePort or
+    /// LoadBalancer IP (same port and protocol): left out, so no Service
+    /// takes another's addresses by listing them as its externalIPs.
+    ExternalIpConflict,
 }
 
 impl SkipReason {
@@ -66,6 +70,7 @@ impl SkipReason {
             SkipReason::MissingHealthCheckNodePort => "missing_health_check_node_port",
             SkipReason::HealthCheckNodePortOutOfRange => "health_check_node_port_out_of_range",
             SkipReason::InvalidSourceRange => "invalid_source_range",
+            SkipReason::ExternalIpConflict => "external_ip_conflict",
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct Skipped {
     /// `namespace/name`, with `:port` when only one port was skipped.
     pub object: String,
     pub reason: SkipReason,
+    /// For a frontend another Service holds: that Service (and port).
+    pub held_by: Option<String>,
 }
 
 impl Skipped {
@@ -82,6 +89,7 @@ impl Skipped {
         Skipped {
             object: format!("{namespace}/{name}"),
             reason,
+            held_by: None,
         }
     }
 
@@ -91,12 +99,21 @@ impl Skipped {
         } else {
             format!("{namespace}/{name}:{port}")
         };
-        Skipped { object, reason }
+        Skipped { object, reason, held_by: None }
+    }
+
+    /// The same, for a frontend that `holder` holds.
+    pub fn held_by(mut self, holder: impl fmt::Display) -> Self {
+        self.held_by = Some(holder.to_string());
+        self
     }
 }
 
 impl fmt::Display for Skipped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.object, self.reason.label())
+        match &self.held_by {
+            Some(holder) => write!(f, "{} ({}, held by {holder})", self.object, self.reason.label()),
+            None => write!(f, "{} ({})", self.object, self.reason.label()),
+        }
     }
 }

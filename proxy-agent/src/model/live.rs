@@ -3,8 +3,10 @@
 //! takes longer than a change may take to reach the datapath. Here each
 //! Service's [`ServiceFragment`] is kept, a change recomputes only the
 //! fragments of the Services whose objects changed, and the claims those
-//! fragments touch are settled again by the same rule `build` applies: the
-//! first Service in name order, and its first frontend, wins.
+//! fragments touch are settled again by the same rule `build` applies (see
+//! [`Claimant`]): owned addresses before externalIPs, then the older
+//! Service, then its name, then its first frontend; and an externalIP never
+//! shadows another Service's ClusterIP or NodePort.
 //!
 //! The result equals `build` over the same objects (the unit tests check
 //! this over random change sequences); what it adds is the set of frontends
@@ -17,10 +19,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 
 use super::{
-    claim, duplicate_skip, endpoints, is_duplicate, node_port_ips, object_name, service_fragment, Claim, Config,
-    Frontend, Model, ServiceFragment, Slice,
+    claim, claimant, conflict_skip, endpoints, external_claim, is_duplicate, node_port_ips, object_name, owned_claims,
+    service_fragment, shadows, Claim, Claimant, Config, Frontend, FrontendEntry, FrontendKind, Model, ServiceFragment, Slice,
 };
-use crate::skip::Skipped;
+use crate::skip::{SkipReason, Skipped};
 
 /// A Service's namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,23 +56,23 @@ pub struct ServiceObjects {
 /// Who asks for one claim, in the order that decides who gets it.
 #[derive(Debug, Default)]
 struct Claimants {
-    /// (Service, index in its fragment) and the frontend it asks for,
-    /// sorted. Nearly always one entry, so a vector, not a tree (whose
-    /// smallest node would be most of the memory per Service).
-    by_order: Vec<((ServiceName, usize), Frontend)>,
+    /// Who (see [`Claimant`]) and the frontend it asks for, sorted. Nearly
+    /// always one entry, so a vector, not a tree (whose smallest node would
+    /// be most of the memory per Service).
+    by_order: Vec<(Claimant, Frontend)>,
     /// The frontend in the model for this claim.
     holder: Option<Frontend>,
 }
 
 impl Claimants {
-    fn insert(&mut self, who: (ServiceName, usize), frontend: Frontend) {
+    fn insert(&mut self, who: Claimant, frontend: Frontend) {
         match self.by_order.binary_search_by(|(w, _)| w.cmp(&who)) {
             Ok(at) => self.by_order[at].1 = frontend,
             Err(at) => self.by_order.insert(at, (who, frontend)),
         }
     }
 
-    fn remove(&mut self, who: &(ServiceName, usize)) {
+    fn remove(&mut self, who: &Claimant) {
         if let Ok(at) = self.by_order.binary_search_by(|(w, _)| w.cmp(who)) {
             self.by_order.remove(at);
         }
@@ -167,17 +169,50 @@ impl LiveModel {
 
     fn collect_skipped(&self) -> Vec<Skipped> {
         let mut skipped: Vec<Skipped> = self.fragments.values().flat_map(|f| f.skipped.iter().cloned()).collect();
-        for claimants in self.claims.values() {
-            let Some(holder) = claimants.holder else { continue };
-            let holder = (&holder, &self.model.frontends[&holder]);
-            for (who, frontend) in claimants.by_order.iter().skip(1) {
-                let entry = &self.fragments[&who.0].frontends[who.1].1;
-                if is_duplicate(holder, (frontend, entry)) {
-                    skipped.push(duplicate_skip(entry));
+        for (c, claimants) in &self.claims {
+            if claimants.by_order.len() < 2 && claimants.holder.is_some() {
+                continue;
+            }
+            let holder = claimants.holder.map(|h| (h, &self.model.frontends[&h]));
+            // The holder is the first claimant that shadows nothing.
+            let mut held = false;
+            for (who, frontend) in &claimants.by_order {
+                let entry = self.entry_of(who);
+                if let Some(owner) = self.shadowed_by(c, frontend, entry) {
+                    let s = &entry.service;
+                    skipped.push(Skipped::port(&s.namespace, &s.name, &s.port, SkipReason::ExternalIpConflict).held_by(&owner.service));
+                    continue;
+                }
+                let Some((holder, holder_entry)) = holder else { continue };
+                if !held {
+                    held = true;
+                    continue;
+                }
+                if is_duplicate((&holder, holder_entry), (frontend, entry)) {
+                    skipped.push(conflict_skip((&holder, holder_entry), &(*frontend, entry.clone())));
                 }
             }
         }
         skipped
+    }
+
+    /// The entry a claimant asks for.
+    fn entry_of(&self, who: &Claimant) -> &FrontendEntry {
+        let (namespace, name) = &who.2;
+        &self.fragments[&ServiceName::new(namespace, name)].frontends[who.3].1
+    }
+
+    /// The entry of another Service whose ClusterIP or NodePort `frontend`,
+    /// an externalIP, would shadow (see [`super::shadows`]).
+    fn shadowed_by(&self, c: &Claim, frontend: &Frontend, entry: &FrontendEntry) -> Option<&FrontendEntry> {
+        if frontend.kind != FrontendKind::ExternalIp {
+            return None;
+        }
+        owned_claims(c)
+            .iter()
+            .filter_map(|o| self.claims.get(o)?.by_order.first())
+            .map(|(who, _)| self.entry_of(who))
+            .find(|owner| shadows(frontend, &entry.service, owner))
     }
 
     /// Replaces one Service's fragment (an empty one removes it), noting
@@ -191,19 +226,20 @@ impl LiveModel {
             for (i, (frontend, _)) in old.frontends.iter().enumerate() {
                 let c = claim(frontend);
                 if let Some(claimants) = self.claims.get_mut(&c) {
-                    claimants.remove(&(name.clone(), i));
-                    skips_changed |= !claimants.by_order.is_empty();
+                    claimants.remove(&claimant(frontend, &old.age, &name.namespace, &name.name, i));
+                    // An externalIP may have been reported as a conflict.
+                    skips_changed |= !claimants.by_order.is_empty() || frontend.kind == FrontendKind::ExternalIp;
                 }
-                touched.insert(c);
+                touch(touched, c);
             }
         }
-        if fragment != ServiceFragment::default() {
+        if !fragment.is_empty() {
             for (i, (frontend, _)) in fragment.frontends.iter().enumerate() {
                 let c = claim(frontend);
                 let claimants = self.claims.entry(c).or_default();
-                claimants.insert((name.clone(), i), *frontend);
-                skips_changed |= claimants.by_order.len() > 1;
-                touched.insert(c);
+                claimants.insert(claimant(frontend, &fragment.age, &name.namespace, &name.name, i), *frontend);
+                skips_changed |= claimants.by_order.len() > 1 || frontend.kind == FrontendKind::ExternalIp;
+                touch(touched, c);
             }
             self.fragments.insert(name, fragment);
         }
@@ -212,36 +248,58 @@ impl LiveModel {
         }
     }
 
-    /// Gives each touched claim to its first claimant and brings the model
-    /// in line; returns the frontends whose entry changed.
+    /// Gives each touched claim to its first claimant that shadows no other
+    /// Service's address, and brings the model in line; returns the
+    /// frontends whose entry changed.
     fn settle(&mut self, touched: HashSet<Claim>) -> BTreeSet<Frontend> {
         let mut changed = BTreeSet::new();
         for c in touched {
-            let Some(claimants) = self.claims.get_mut(&c) else { continue };
+            let Some(claimants) = self.claims.get(&c) else { continue };
+            if claimants.by_order.is_empty() {
+                if let Some(old) = claimants.holder {
+                    self.model.frontends.remove(&old);
+                    changed.insert(old);
+                }
+                self.claims.remove(&c);
+                continue;
+            }
+            // Whether an externalIP is shadowed depends on other claims:
+            // what is skipped may change with any of them.
+            if claimants.by_order.iter().any(|(_, f)| f.kind == FrontendKind::ExternalIp) {
+                self.skipped = None;
+            }
             let winner = claimants
                 .by_order
-                .first()
-                .map(|((name, i), frontend)| (*frontend, &self.fragments[name].frontends[*i].1));
+                .iter()
+                .map(|(who, frontend)| (*frontend, self.entry_of(who)))
+                .find(|(frontend, entry)| self.shadowed_by(&c, frontend, entry).is_none())
+                .map(|(frontend, entry)| (frontend, entry.clone()));
+            let claimants = self.claims.get_mut(&c).expect("looked up above");
             let old_holder = claimants.holder.take();
+            claimants.holder = winner.as_ref().map(|(frontend, _)| *frontend);
             if let Some(old) = old_holder {
-                if winner.map(|w| w.0) != Some(old) {
+                if winner.as_ref().map(|w| w.0) != Some(old) {
                     self.model.frontends.remove(&old);
                     changed.insert(old);
                 }
             }
-            match winner {
-                Some((frontend, entry)) => {
-                    if self.model.frontends.get(&frontend) != Some(entry) {
-                        self.model.frontends.insert(frontend, entry.clone());
-                        changed.insert(frontend);
-                    }
-                    claimants.holder = Some(frontend);
-                }
-                None => {
-                    self.claims.remove(&c);
+            if let Some((frontend, entry)) = winner {
+                if self.model.frontends.get(&frontend) != Some(&entry) {
+                    self.model.frontends.insert(frontend, entry);
+                    changed.insert(frontend);
                 }
             }
         }
         changed
+    }
+}
+
+/// Notes a claim to settle again, and with an owned one the external claim
+/// of the same address, port and protocol, whose externalIPs it may shadow.
+fn touch(touched: &mut HashSet<Claim>, c: Claim) {
+    touched.insert(c);
+    let external = external_claim(&c);
+    if external != c {
+        touched.insert(external);
     }
 }

@@ -230,6 +230,43 @@ pub struct ServiceFragment {
     /// frontend that the Service lists twice.
     pub frontends: Vec<(Frontend, FrontendEntry)>,
     pub skipped: Vec<Skipped>,
+    pub age: Age,
+}
+
+impl ServiceFragment {
+    /// Asks for nothing and reports nothing: the Service may as well not
+    /// exist.
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty() && self.skipped.is_empty()
+    }
+}
+
+/// How old a Service is, which decides between two Services that ask for
+/// one frontend: the older one (by creation time, then uid) was there
+/// first and keeps it, whatever the names. Objects without a creation time
+/// (a manifest directory's) come after dated ones, in name order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Age {
+    undated: bool,
+    created_ns: i128,
+    uid: String,
+}
+
+impl Age {
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Age {
+        match &meta.creation_timestamp {
+            Some(created) => Age {
+                undated: false,
+                created_ns: created.0.as_nanosecond(),
+                uid: meta.uid.clone().unwrap_or_default(),
+            },
+            // The uid alone says nothing of age: the name decides.
+            None => Age {
+                undated: true,
+                ..Age::default()
+            },
+        }
+    }
 }
 
 /// The fragment of `svc`; `slices` are the EndpointSlices labelled with its
@@ -240,7 +277,10 @@ pub fn service_fragment(
     config: &Config,
     node_port_ips: &[Ipv4Addr],
 ) -> ServiceFragment {
-    let mut fragment = ServiceFragment::default();
+    let mut fragment = ServiceFragment {
+        age: Age::of(&svc.metadata),
+        ..Default::default()
+    };
     let (namespace, name) = object_name(&svc.metadata);
     if !is_proxied(svc, config) {
         return fragment;
@@ -336,6 +376,32 @@ pub fn claim(frontend: &Frontend) -> Claim {
     (frontend.ip, frontend.port, frontend.proto, frontend.kind.address_space())
 }
 
+/// The claims of the same address, port and protocol in the address spaces
+/// whose holders an externalIP may not shadow (ClusterIPs and NodePorts);
+/// in its own space, LoadBalancer IPs come before it by [`Claimant`] order.
+pub fn owned_claims(c: &Claim) -> [Claim; 2] {
+    [(c.0, c.1, c.2, FrontendKind::ClusterIp.address_space()), (c.0, c.1, c.2, FrontendKind::NodePort.address_space())]
+}
+
+/// The claim of the external address space with the same address, port and
+/// protocol: the one an owned claim's changes may settle differently.
+pub fn external_claim(c: &Claim) -> Claim {
+    (c.0, c.1, c.2, FrontendKind::ExternalIp.address_space())
+}
+
+/// Who asks for a claim, in the order that decides who gets it: addresses a
+/// Service owns (ClusterIPs, NodePorts, LoadBalancer IPs, which the API
+/// server or a load balancer gave it) before externalIPs (which anyone who
+/// may create a Service may write); then the older Service; then the
+/// Service's name (for objects of the same age); then the frontend's place
+/// in the Service's fragment.
+pub type Claimant = (u8, Age, (String, String), usize);
+
+pub fn claimant(frontend: &Frontend, age: &Age, namespace: &str, name: &str, index: usize) -> Claimant {
+    let rank = u8::from(frontend.kind == FrontendKind::ExternalIp);
+    (rank, age.clone(), (namespace.to_string(), name.to_string()), index)
+}
+
 /// Whether a frontend that lost its claim to `holder` is reported. A Service
 /// port that lists the same address as LoadBalancer ingress and as external
 /// IP gets it once, silently; anything else is a conflict.
@@ -343,11 +409,24 @@ pub fn is_duplicate(holder: (&Frontend, &FrontendEntry), loser: (&Frontend, &Fro
     !(holder.1.service == loser.1.service && holder.0.kind != loser.0.kind)
 }
 
-pub fn duplicate_skip(entry: &FrontendEntry) -> Skipped {
-    let s = &entry.service;
-    Skipped::port(&s.namespace, &s.name, &s.port, SkipReason::DuplicateFrontend)
+/// What a frontend that lost its claim to `holder` is reported as: an
+/// externalIP that met an address its holder owns, or a duplicate.
+pub fn conflict_skip(holder: (&Frontend, &FrontendEntry), loser: &(Frontend, FrontendEntry)) -> Skipped {
+    let s = &loser.1.service;
+    let reason = if loser.0.kind == FrontendKind::ExternalIp && holder.0.kind != FrontendKind::ExternalIp {
+        SkipReason::ExternalIpConflict
+    } else {
+        SkipReason::DuplicateFrontend
+    };
+    Skipped::port(&s.namespace, &s.name, &s.port, reason).held_by(&holder.1.service)
 }
 
+/// Whether `frontend`, an externalIP of the Service `service`, would shadow
+/// an address another Service owns: `owner` is the holder of one of its
+/// [`owned_claims`].
+pub fn shadows(frontend: &Frontend, service: &ServicePortName, owner: &FrontendEntry) -> bool {
+    frontend.kind == FrontendKind::ExternalIp && (owner.service.namespace != service.namespace || owner.service.name != service.name)
+}
 
 pub fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
     (

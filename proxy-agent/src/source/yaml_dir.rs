@@ -72,6 +72,7 @@ pub fn parse_documents(text: &str, origin: &str, snapshot: &mut Snapshot, skippe
                 skipped.push(Skipped {
                     object: origin.to_string(),
                     reason: SkipReason::Unparsable,
+                    held_by: None,
                 });
                 if stop {
                     break;
@@ -115,6 +116,7 @@ fn add_object(value: Value, origin: &str, snapshot: &mut Snapshot, skipped: &mut
         skipped.push(Skipped {
             object,
             reason: SkipReason::Unparsable,
+            held_by: None,
         });
     }
 }

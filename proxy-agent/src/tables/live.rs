@@ -269,6 +269,7 @@ impl LiveTables {
             .map(|entry| Skipped {
                 object: entry.service.to_string(),
                 reason: SkipReason::TooManyEndpoints,
+                held_by: None,
             })
             .collect()
     }

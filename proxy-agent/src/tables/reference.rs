@@ -20,6 +20,7 @@ pub fn from_model(model: &Model, ids: &mut Ids) -> (Tables, Vec<Skipped>) {
             skipped.push(Skipped {
                 object: entry.service.to_string(),
                 reason: SkipReason::TooManyEndpoints,
+                held_by: None,
             });
             continue;
         }

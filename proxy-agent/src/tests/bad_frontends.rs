@@ -25,7 +25,7 @@ fn every_bad_field_is_reported_once_with_its_own_label() {
             "lab/bad-lb (invalid_load_balancer_ip)",
             "lab/lb-bad-hc (health_check_node_port_out_of_range)",
             "lab/lb-no-hc (missing_health_check_node_port)",
-            "lab/np-dup-b:http (duplicate_frontend)",
+            "lab/np-dup-b:http (duplicate_frontend, held by lab/np-dup-a:http)",
             "lab/np-missing:http (missing_node_port)",
             "lab/np-too-big:http (node_port_out_of_range)",
             "lab/policy-typo (invalid_traffic_policy)",

@@ -80,7 +80,8 @@ fn random_service(rng: &mut Rng, namespace: &str, name: &str) -> Service {
         }
     }
     if rng.chance(30) {
-        spec["externalIPs"] = json!([rng.pick(EXTERNAL)]);
+        // Now and then another Service's ClusterIP, which it must not take.
+        spec["externalIPs"] = json!([rng.pick(&[EXTERNAL, &VIPS[..2]].concat())]);
     }
     if rng.chance(20) {
         spec["sessionAffinity"] = json!("ClientIP");
@@ -91,6 +92,12 @@ fn random_service(rng: &mut Rng, namespace: &str, name: &str) -> Service {
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     });
+    // Ages decide between Services claiming one frontend: some undated (a
+    // manifest directory's), some of the same second (the uid decides).
+    if rng.chance(70) {
+        svc["metadata"]["creationTimestamp"] = json!(rng.pick(&["2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"]));
+        svc["metadata"]["uid"] = json!(rng.pick(&["uid-a", "uid-b", "uid-c"]));
+    }
     if service_type == "LoadBalancer" && rng.chance(70) {
         svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": rng.pick(EXTERNAL)}]}});
     }
@@ -222,7 +229,7 @@ fn node(name: &str, zone: &str, ip: &str) -> Config {
 fn incremental_model_and_tables_equal_a_full_build_over_random_changes() {
     let configs = [node("node-1", "zone-a", "172.18.0.3"), node("node-2", "zone-b", "172.18.0.4")];
     // Steps where the cases that make incremental upkeep hard were present.
-    let (mut contested, mut shared_backends) = (0, 0);
+    let (mut contested, mut shared_backends, mut shadowing) = (0, 0, 0);
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut world = World::default();
@@ -253,6 +260,7 @@ fn incremental_model_and_tables_equal_a_full_build_over_random_changes() {
             let (model, skipped) = crate::model::build(&world.services(), &world.slices(), &config);
             assert_eq!(live.model(), &model, "{at}: model");
             contested += skipped.iter().any(|s| s.reason == SkipReason::DuplicateFrontend) as u32;
+            shadowing += skipped.iter().any(|s| s.reason == SkipReason::ExternalIpConflict) as u32;
             assert_eq!(sorted(live.skipped().to_vec()), sorted(skipped), "{at}: skips");
 
             let (tables, table_skipped) = from_model(&model, &mut full_ids);
@@ -265,7 +273,8 @@ fn incremental_model_and_tables_equal_a_full_build_over_random_changes() {
             }
         }
     }
-    assert!(contested > 500 && shared_backends > 500, "weak generator: {contested} {shared_backends} of 6000 steps");
+    println!("steps with duplicates {contested}, shared backends {shared_backends}, externalIP conflicts {shadowing}");
+    assert!(contested > 500 && shared_backends > 500 && shadowing > 100, "weak generator: {contested} {shared_backends} {shadowing} of 6000 steps");
 }
 
 #[test]

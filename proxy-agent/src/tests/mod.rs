@@ -7,6 +7,7 @@ mod diff;
 mod frontends;
 mod live;
 mod model;
+mod ownership;
 mod policy;
 mod tables;
 mod topology;

@@ -388,7 +388,7 @@ fn duplicate_frontend_goes_to_the_same_service_whatever_the_input_order() {
     );
     assert_eq!(
         skipped,
-        [Skipped::port("default", "checkout", "http", DuplicateFrontend)]
+        [Skipped::port("default", "checkout", "http", DuplicateFrontend).held_by("default/billing:http")]
     );
 }
 

@@ -255,6 +255,7 @@ fn frontend_with_too_many_endpoints_is_left_out_whole_and_reported() {
         [Skipped {
             object: "load/huge:http".into(),
             reason: SkipReason::TooManyEndpoints,
+            held_by: None,
         }]
     );
     assert!(!tables.services.contains_key(&key([10, 96, 33, 33], 80, TCP)));

@@ -167,6 +167,7 @@ fn file_that_is_not_yaml_is_reported_and_the_rest_of_the_directory_is_read() {
     let unparsable = |name: &str| Skipped {
         object: name.into(),
         reason: SkipReason::Unparsable,
+        held_by: None,
     };
     assert_eq!(skipped, [unparsable("broken.yaml"), unparsable("half.json")]);
     // The cluster is read as if the broken files were not there, and a
