@@ -69,7 +69,7 @@ pub fn proxy_tc_external(ctx: TcContext) -> i32 {
 /// tc egress on the node's external devices: the node's own flows, moved
 /// off a source port a SNATed flow holds towards the same backend.
 #[classifier]
-pub fn proxy_tc_external_egress(ctx: TcContext) -> i32 {
+pub fn proxy_tc_node_egress(ctx: TcContext) -> i32 {
     tc::external_egress(&ctx)
 }
 

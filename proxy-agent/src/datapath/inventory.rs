@@ -90,3 +90,25 @@ fn device(ifindex: u32) -> String {
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
     unsafe { CStr::from_ptr(buf.as_ptr().cast()) }.to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel keeps 15 bytes of a name: two programs that share them
+    /// would be listed under one name.
+    #[test]
+    fn every_program_is_told_apart_by_the_kernels_15_bytes() {
+        let names: Vec<&str> = TcHook::ALL
+            .iter()
+            .map(|hook| hook.program())
+            .chain([super::super::xdp::PROGRAM])
+            .chain(super::super::cgroup::SOCK_HOOKS.iter().map(|(program, _)| *program))
+            .chain(proxy_common::tail::PROGRAMS.iter().map(|(_, program)| *program))
+            .collect();
+        for name in &names {
+            let kernel_name = &name[..name.len().min(15)];
+            assert_eq!(full_name(kernel_name), *name, "{kernel_name} names more than one program");
+        }
+    }
+}

@@ -50,7 +50,7 @@ impl TcHook {
             TcHook::PodIngress => "proxy_tc_pod",
             TcHook::PodEgress => "proxy_tc_pod_egress",
             TcHook::ExternalIngress => "proxy_tc_external",
-            TcHook::ExternalEgress => "proxy_tc_external_egress",
+            TcHook::ExternalEgress => "proxy_tc_node_egress",
         }
     }
 
