@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// default: all of the node's addresses, never loopback.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<Cidr>,
+    /// Serve externalIPs only inside these (comma-separated CIDRs). Empty:
+    /// any, as kube-proxy does, which lets whoever may create a Service
+    /// claim any address for the cluster's traffic (CVE-2020-8554).
+    #[arg(long = "external-ip-cidrs")]
+    external_ip_cidr_lists: Vec<CidrList>,
     /// This node's addresses (repeat for each). With the Kubernetes source
     /// they come from the Node object; this flag is for `--manifests`, or
     /// overrides the Node's when given.
@@ -211,6 +216,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         proxy_name: args.proxy_name.clone(),
         node_name: Some(node_name),
         nodeport_addresses: args.nodeport_addresses.clone(),
+        external_ip_cidrs: args.external_ip_cidr_lists.iter().flat_map(|l| l.0.iter().copied()).collect(),
         node_ips: args.node_ips.clone(),
         ..Config::default()
     };

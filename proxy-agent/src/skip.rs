@@ -44,6 +44,16 @@ pub enum SkipReason {
     /// LoadBalancer IP (same port and protocol): left out, so no Service
     /// takes another's addresses by listing them as its externalIPs.
     ExternalIpConflict,
+    /// An externalIP outside the operator's `--external-ip-cidrs`: left out.
+    ExternalIpNotAllowed,
+    /// A ClusterIP, LoadBalancer IP or externalIP no client can reach a
+    /// Service at (unspecified, broadcast, multicast, loopback): that
+    /// address is left out (a ClusterIP: the Service).
+    UnusableAddress,
+    /// An endpoint address traffic must never be sent to (unspecified,
+    /// broadcast, multicast, loopback, link-local such as a cloud's
+    /// metadata server 169.254.169.254): that endpoint is left out.
+    UnusableEndpointAddress,
 }
 
 impl SkipReason {
@@ -71,6 +81,9 @@ impl SkipReason {
             SkipReason::HealthCheckNodePortOutOfRange => "health_check_node_port_out_of_range",
             SkipReason::InvalidSourceRange => "invalid_source_range",
             SkipReason::ExternalIpConflict => "external_ip_conflict",
+            SkipReason::ExternalIpNotAllowed => "external_ip_not_allowed",
+            SkipReason::UnusableAddress => "unusable_address",
+            SkipReason::UnusableEndpointAddress => "unusable_endpoint_address",
         }
     }
 }

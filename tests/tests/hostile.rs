@@ -60,3 +60,35 @@ fn an_external_ip_cannot_take_another_services_load_balancer_ip() {
     // The TCP and the UDP port.
     assert_eq!(sample(&metrics, "ebpf_proxy_skipped_objects{reason=\"external_ip_conflict\"}"), 2.0, "{metrics}");
 }
+
+/// With the ConfigMap's EXTERNAL_IP_CIDRS set to 10.201.0.0/24, a Service
+/// listing 10.200.0.60 and 10.201.0.60 as externalIPs is served on the
+/// second only: the external client's requests to the first get no
+/// backend's answer, and the agent reports `external_ip_not_allowed`.
+#[test]
+fn external_ips_outside_the_operators_cidrs_are_not_served() {
+    if !require_root("external_ips_outside_the_operators_cidrs_are_not_served") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    let _api = lab.start_apiserver().expect("API server");
+    lab.register_nodes().unwrap();
+    lab.start_backends(&["web-3"]).unwrap();
+    let mut svc = ServiceSpec::new("ext", "10.96.0.61", 80).on_pods(&lab, &["web-3"]);
+    svc.external_ips = vec!["10.200.0.60".into(), "10.201.0.60".into()];
+    lab.kubectl_apply(&svc.yaml()).unwrap();
+    let agent = lab.start_agent_on_api_with_config(0, &[("EXTERNAL_IP_CIDRS", "10.201.0.0/24")]).expect("agent");
+    agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
+    for range in ["10.200.0.0/24", "10.201.0.0/24"] {
+        lab.route_via_node(&lab.client_ns, range, 0).unwrap();
+    }
+    for proto in ["tcp", "udp"] {
+        let allowed = Summary::of(&lab.requests(&lab.client_ns, proto, "10.201.0.60:80", 10, 1000).unwrap());
+        assert_eq!((allowed.failed, allowed.by_backend.keys().map(String::as_str).collect::<Vec<_>>()), (0, vec!["web-3"]), "{proto}: {allowed:?}");
+        let refused = Summary::of(&lab.requests(&lab.client_ns, proto, "10.200.0.60:80", 5, 300).unwrap());
+        println!("{proto} to the address outside the CIDRs: {refused:?}");
+        assert_eq!(refused.failed, 5, "{proto}: an externalIP outside EXTERNAL_IP_CIDRS answered: {refused:?}");
+    }
+    let (_, metrics) = http_get(&lab.nodes[0].ns, "http://127.0.0.1:10249/metrics").unwrap();
+    assert_eq!(sample(&metrics, "ebpf_proxy_skipped_objects{reason=\"external_ip_not_allowed\"}"), 1.0, "{metrics}");
+}

@@ -110,6 +110,10 @@ pub(super) fn collect(
                 skip(SkipReason::InvalidEndpointAddress);
                 continue;
             };
+            if !usable_endpoint(ip) {
+                skip(SkipReason::UnusableEndpointAddress);
+                continue;
+            }
             // The API's defaults for unset conditions: ready and serving
             // true, terminating false.
             let cond = ep.conditions.as_ref();
@@ -166,4 +170,13 @@ pub(super) fn local_ready_count(slices: &[&Slice], config: &Config) -> u32 {
         }
     }
     local.len() as u32
+}
+
+/// Whether traffic may be sent to an endpoint at `ip`: not the unspecified
+/// or broadcast address, a multicast group, loopback (the node itself) or
+/// link-local (a cloud's metadata server, 169.254.169.254, among others).
+/// An EndpointSlice is written by whoever may write one, not only by the
+/// controller.
+pub fn usable_endpoint(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() || ip.is_link_local())
 }

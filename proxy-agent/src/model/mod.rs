@@ -65,6 +65,10 @@ pub struct Config {
     /// `0.0.0.0/0` contains it (kube-proxy's route_localnet exposure,
     /// CVE-2020-8558, is not repeated).
     pub nodeport_addresses: Vec<Cidr>,
+    /// `--external-ip-cidrs`: externalIPs are served only inside one of
+    /// these. Empty: any (kube-proxy's behaviour, and the CVE-2020-8554
+    /// exposure: whoever may create a Service may claim any address).
+    pub external_ip_cidrs: Vec<Cidr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -286,13 +290,18 @@ pub fn service_fragment(
         return fragment;
     }
     let mut partly = Vec::new();
-    let info = match service::ServiceInfo::parse(svc, &mut partly) {
+    let mut info = match service::ServiceInfo::parse(svc, &mut partly) {
         Ok(info) => info,
         Err(reason) => {
             fragment.skipped.push(Skipped::new(&namespace, &name, reason));
             return fragment;
         }
     };
+    if !config.external_ip_cidrs.is_empty() {
+        let before = info.external_ips.len();
+        info.external_ips.retain(|ip| config.external_ip_cidrs.iter().any(|c| c.contains(*ip)));
+        partly.extend(std::iter::repeat_n(SkipReason::ExternalIpNotAllowed, before - info.external_ips.len()));
+    }
     for reason in partly {
         fragment.skipped.push(Skipped::new(&namespace, &name, reason));
     }

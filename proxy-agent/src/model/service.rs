@@ -73,6 +73,7 @@ impl<'a> ServiceInfo<'a> {
         let mut external_ips = Vec::new();
         for ip in raw_external_ips {
             match ipv4(ip) {
+                Ok(Some(ip)) if !usable_frontend(ip) => partly.push(SkipReason::UnusableAddress),
                 Ok(Some(ip)) if !external_ips.contains(&ip) => external_ips.push(ip),
                 Ok(_) => {}
                 Err(()) => partly.push(SkipReason::InvalidExternalIp),
@@ -96,6 +97,7 @@ impl<'a> ServiceInfo<'a> {
                 continue;
             }
             match ipv4(ip) {
+                Ok(Some(ip)) if !usable_frontend(ip) => partly.push(SkipReason::UnusableAddress),
                 Ok(Some(ip)) if !load_balancer_ips.contains(&ip) => load_balancer_ips.push(ip),
                 Ok(_) => {}
                 Err(()) => partly.push(SkipReason::InvalidLoadBalancerIp),
@@ -180,6 +182,13 @@ fn session_affinity(svc: &Service) -> Result<Option<u32>, SkipReason> {
     }
 }
 
+/// Whether clients can reach a Service at `ip`: not the unspecified or
+/// broadcast address, a multicast group or loopback (a Service there would
+/// answer the node's own loopback traffic, or traffic no router sends).
+pub fn usable_frontend(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+}
+
 /// `Ok(None)` for an IPv6 address: the other family, not an error.
 fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, ()> {
     match text.parse::<IpAddr>() {
@@ -203,6 +212,7 @@ fn cluster_ipv4s(cluster_ips: Option<&[String]>, cluster_ip: Option<&str>) -> Re
     let mut v4 = Vec::new();
     for ip in listed {
         match ipv4(ip) {
+            Ok(Some(ip)) if !usable_frontend(ip) => return Err(SkipReason::UnusableAddress),
             Ok(Some(ip)) => v4.push(ip),
             Ok(None) => {}
             Err(()) => return Err(SkipReason::InvalidClusterIp),

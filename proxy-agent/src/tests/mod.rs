@@ -5,6 +5,7 @@
 mod bad_frontends;
 mod diff;
 mod frontends;
+mod hostile;
 mod live;
 mod model;
 mod ownership;
