@@ -93,8 +93,8 @@ pub struct RunArgs {
     proxy_name: Option<String>,
     /// Which node addresses NodePorts listen on (comma-separated CIDRs);
     /// default: all of the node's addresses, never loopback.
-    #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<Cidr>,
+    #[arg(long = "nodeport-addresses")]
+    nodeport_address_lists: Vec<CidrList>,
     /// Serve externalIPs only inside these (comma-separated CIDRs). Empty:
     /// any, as kube-proxy does, which lets whoever may create a Service
     /// claim any address for the cluster's traffic (CVE-2020-8554).
@@ -215,7 +215,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let mut config = Config {
         proxy_name: args.proxy_name.clone(),
         node_name: Some(node_name),
-        nodeport_addresses: args.nodeport_addresses.clone(),
+        nodeport_addresses: args.nodeport_address_lists.iter().flat_map(|l| l.0.iter().copied()).collect(),
         external_ip_cidrs: args.external_ip_cidr_lists.iter().flat_map(|l| l.0.iter().copied()).collect(),
         node_ips: args.node_ips.clone(),
         ..Config::default()
@@ -497,7 +497,7 @@ impl Sync {
         // Health checks are found by visiting every frontend: only when a
         // change can have touched one.
         if health_checks_changed {
-            self.served = Served::of(self.model.model(), self.model.services_with_frontends());
+            self.served = Served::of(&self.model, self.model.services_with_frontends());
         } else {
             self.served.services = self.model.services_with_frontends();
         }

@@ -58,6 +58,12 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, role: Role) -> Decision {
         return Decision::Rewrite(reverse(&entry));
     }
 
+    // Loopback NodePorts (`--nodeport-addresses` 127.0.0.0/8) are for the
+    // node itself: from outside, the stack drops such a packet as martian,
+    // as kube-proxy's KUBE-FIREWALL does, and so must we leave it.
+    if role == Role::External && u32::from_be(flow.daddr) >> 24 == 127 {
+        return Decision::Pass(Verdict::NotService);
+    }
     let config = config();
     let external_cluster_ip = config.flags & config_flags::EXTERNAL_CLUSTER_IP != 0;
     let Some(frontend) = lb4_lookup_service(flow, role, external_cluster_ip) else {

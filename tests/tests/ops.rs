@@ -296,6 +296,29 @@ fn health_check_node_port_reports_local_endpoints() {
     assert!(closed.is_ok(), "health check port still answers: {:?}", probe(&lab, 0));
 }
 
+/// With NODEPORT_ADDRESSES set to the underlay, the health check server
+/// listens there only, as kube-proxy binds it: a load balancer's probe gets
+/// its answer, and the node's address on the pods' network (which
+/// `0.0.0.0` would also have answered on) refuses the connection.
+#[test]
+fn health_check_node_port_listens_where_node_ports_are_served() {
+    if !require_root("health_check_node_port_listens_where_node_ports_are_served") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.write_manifest("lb.yaml", &local_lb(&lab, &["web-1"])).unwrap();
+    let agent = lab.start_agent_with_config(0, &[], &[("NODEPORT_ADDRESSES", "10.100.0.0/24")]).unwrap();
+    agent.wait_synced(1, SYNC_TIMEOUT).unwrap();
+    expect_probe(&lab, 0, 200, 1);
+    // From a pod on the node, to the node's address on the pods' network.
+    let pod = lab.pod("client-a");
+    let gateway = format!("http://10.244.{}.1:{HC_PORT}/", lab.nodes[0].pod_net);
+    let on_pod_network = http_get(&pod.ns, &gateway);
+    assert!(on_pod_network.is_err(), "the health check answered on {gateway}: {on_pod_network:?}");
+    let on_node = http_get(&pod.ns, &format!("http://{}:{HC_PORT}/", lab.nodes[0].underlay_ip));
+    assert!(on_node.is_ok(), "{on_node:?}");
+}
+
 /// CapEff of exactly CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39).
 const DAEMONSET_CAP_EFF: &str = "000000c000001000";
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 
 use crate::datapath::{CtTable, PinLayout, PinnedMaps};
-use crate::model::Model;
 use crate::skip::Skipped;
 use crate::tables::Tables;
 use health::{SyncHealth, HEALTH_TIMEOUT};
@@ -59,16 +58,26 @@ impl FromStr for BindAddress {
 pub struct Served {
     pub services: usize,
     pub health_checks: Vec<HealthCheck>,
+    /// Where health check servers listen: every address (empty), as
+    /// kube-proxy does by default, or, with `--nodeport-addresses`, the
+    /// node addresses NodePorts are served on, as kube-proxy binds them.
+    pub health_check_addresses: Vec<std::net::Ipv4Addr>,
 }
 
 impl Served {
     /// `services`: how many Services the model serves (the sync keeps
     /// that count; recounting names here would cost milliseconds per sync
     /// at 10,000 Services).
-    pub fn of(model: &Model, services: usize) -> Self {
+    pub fn of(model: &crate::model::LiveModel, services: usize) -> Self {
+        let config = model.config();
         Served {
             services,
-            health_checks: service_health::health_checks(model),
+            health_checks: service_health::health_checks(model.model()),
+            health_check_addresses: if config.nodeport_addresses.is_empty() {
+                Vec::new()
+            } else {
+                crate::model::node_port_ips(config)
+            },
         }
     }
 }
@@ -156,7 +165,7 @@ impl Telemetry {
             self.shared.health.lock().unwrap().sync_failed(now, error);
             metrics::RESULT_MAP_WRITE_FAILED
         };
-        self.service_health.reconcile(&report.served.health_checks);
+        self.service_health.reconcile(&report.served.health_checks, &report.served.health_check_addresses);
         let mut m = self.shared.metrics.lock().unwrap();
         m.sync_done((now - started).as_secs_f64(), result, unix_now());
         let programmed = Programmed {

@@ -72,7 +72,9 @@ pub type ProxyHealthy = Arc<dyn Fn() -> bool + Send + Sync>;
 
 struct Running {
     check: Arc<Mutex<HealthCheck>>,
-    task: JoinHandle<()>,
+    /// One server per address listened on.
+    tasks: Vec<JoinHandle<()>>,
+    addresses: Vec<Ipv4Addr>,
 }
 
 /// The set of listening servers, made equal to the wanted set after each sync.
@@ -89,11 +91,13 @@ impl ServiceHealthServers {
         }
     }
 
-    pub fn reconcile(&mut self, wanted: &[HealthCheck]) {
+    /// Runs a server for each of `wanted` on each of `addresses` (empty:
+    /// every address), and no other.
+    pub fn reconcile(&mut self, wanted: &[HealthCheck], addresses: &[Ipv4Addr]) {
         self.running.retain(|port, running| {
-            let keep = wanted.iter().any(|w| w.port == *port);
+            let keep = wanted.iter().any(|w| w.port == *port) && running.addresses == addresses;
             if !keep {
-                running.task.abort();
+                running.tasks.iter().for_each(JoinHandle::abort);
                 tracing::info!(port, "stopped health check server");
             }
             keep
@@ -106,9 +110,19 @@ impl ServiceHealthServers {
                 continue;
             }
             let shared = Arc::new(Mutex::new(check.clone()));
-            let task = http::serve("health check node port", any_address(check.port), self.handler(shared.clone()));
-            tracing::info!(port = check.port, service = %format!("{}/{}", check.namespace, check.name), "started health check server");
-            self.running.insert(check.port, Running { check: shared, task });
+            let tasks = listen_addresses(check.port, addresses)
+                .into_iter()
+                .map(|addr| http::serve("health check node port", addr, self.handler(shared.clone())))
+                .collect();
+            tracing::info!(port = check.port, service = %format!("{}/{}", check.namespace, check.name), ?addresses, "started health check server");
+            self.running.insert(
+                check.port,
+                Running {
+                    check: shared,
+                    tasks,
+                    addresses: addresses.to_vec(),
+                },
+            );
         }
     }
 
@@ -125,15 +139,19 @@ impl ServiceHealthServers {
 impl Drop for ServiceHealthServers {
     fn drop(&mut self) {
         for running in self.running.values() {
-            running.task.abort();
+            running.tasks.iter().for_each(JoinHandle::abort);
         }
     }
 }
 
-/// kube-proxy listens on each `--nodeport-addresses` address; every address
-/// of the node is where a cloud load balancer's probe arrives.
-fn any_address(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+/// kube-proxy listens on every address by default, and on each node address
+/// `--nodeport-addresses` admits when it is set: where NodePorts are served
+/// is where a cloud load balancer's probe arrives.
+fn listen_addresses(port: u16, addresses: &[Ipv4Addr]) -> Vec<SocketAddr> {
+    if addresses.is_empty() {
+        return vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))];
+    }
+    addresses.iter().map(|ip| SocketAddr::from((*ip, port))).collect()
 }
 
 #[cfg(test)]
