@@ -217,6 +217,7 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
         node_name: Some(node_name),
         nodeport_addresses: args.nodeport_address_lists.iter().flat_map(|l| l.0.iter().copied()).collect(),
         external_ip_cidrs: args.external_ip_cidr_lists.iter().flat_map(|l| l.0.iter().copied()).collect(),
+        reserved_node_ports: args.telemetry.own_ports(),
         node_ips: args.node_ips.clone(),
         ..Config::default()
     };

@@ -54,6 +54,9 @@ pub enum SkipReason {
     /// broadcast, multicast, loopback, link-local such as a cloud's
     /// metadata server 169.254.169.254): that endpoint is left out.
     UnusableEndpointAddress,
+    /// A `nodePort` on which the node's own server listens (the agent's
+    /// health or metrics port): that NodePort is left out.
+    NodePortReserved,
 }
 
 impl SkipReason {
@@ -84,6 +87,7 @@ impl SkipReason {
             SkipReason::ExternalIpNotAllowed => "external_ip_not_allowed",
             SkipReason::UnusableAddress => "unusable_address",
             SkipReason::UnusableEndpointAddress => "unusable_endpoint_address",
+            SkipReason::NodePortReserved => "node_port_reserved",
         }
     }
 }

@@ -92,3 +92,29 @@ fn external_ips_outside_the_operators_cidrs_are_not_served() {
     let (_, metrics) = http_get(&lab.nodes[0].ns, "http://127.0.0.1:10249/metrics").unwrap();
     assert_eq!(sample(&metrics, "ebpf_proxy_skipped_objects{reason=\"external_ip_not_allowed\"}"), 1.0, "{metrics}");
 }
+
+/// A Service whose nodePort is 10256, the agent's own /healthz port (a
+/// manifest directory, unlike the API server, does not keep nodePorts in
+/// their range): from outside, the node's /healthz still answers, not the
+/// Service's pod, and the agent reports `node_port_reserved`.
+#[test]
+fn a_node_port_cannot_take_the_agents_health_port() {
+    if !require_root("a_node_port_cannot_take_the_agents_health_port") {
+        return;
+    }
+    let lab = Lab::up(binaries()).expect("lab up");
+    lab.start_backends(&["web-3"]).unwrap();
+    let mut svc = ServiceSpec::new("sneaky", "10.96.0.62", 80).on_pods(&lab, &["web-3"]);
+    svc.node_port = Some(10256);
+    lab.write_manifest("sneaky.yaml", &svc.yaml()).unwrap();
+    let agent = lab.start_agent(0).expect("agent");
+    agent.wait_synced(1, SYNC_TIMEOUT).expect("first sync");
+    let url = format!("http://{}:10256/healthz", lab.node_ip(0));
+    let (status, body) = http_get(&lab.client_ns, &url).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not the agent's /healthz: {body}"));
+    assert_eq!(health["healthy"], true, "{body}");
+    let (_, metrics) = http_get(&lab.nodes[0].ns, "http://127.0.0.1:10249/metrics").unwrap();
+    // The TCP and the UDP port.
+    assert_eq!(sample(&metrics, "ebpf_proxy_skipped_objects{reason=\"node_port_reserved\"}"), 2.0, "{metrics}");
+}

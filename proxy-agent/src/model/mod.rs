@@ -69,6 +69,10 @@ pub struct Config {
     /// these. Empty: any (kube-proxy's behaviour, and the CVE-2020-8554
     /// exposure: whoever may create a Service may claim any address).
     pub external_ip_cidrs: Vec<Cidr>,
+    /// Ports of the node's own servers (the agent's `/healthz` and
+    /// `/metrics`): a NodePort there would answer for them from outside,
+    /// with a pod. Such NodePorts are left out.
+    pub reserved_node_ports: Vec<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -316,7 +320,11 @@ pub fn service_fragment(
                 continue;
             }
         };
-        let node_port = info.node_port(sp).unwrap_or_else(|reason| {
+        let node_port = match info.node_port(sp) {
+            Ok(Some(p)) if config.reserved_node_ports.contains(&p) => Err(SkipReason::NodePortReserved),
+            other => other,
+        }
+        .unwrap_or_else(|reason| {
             fragment.skipped.push(skip_port(reason));
             None
         });

@@ -39,6 +39,14 @@ pub struct Flags {
     metrics_bind_address: BindAddress,
 }
 
+impl Flags {
+    /// The ports the agent's own servers listen on, which no NodePort may
+    /// take: from outside, the NodePort would answer in their place.
+    pub fn own_ports(&self) -> Vec<u16> {
+        [self.healthz_bind_address.0, self.metrics_bind_address.0].into_iter().flatten().map(|a| a.port()).collect()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BindAddress(Option<SocketAddr>);
 

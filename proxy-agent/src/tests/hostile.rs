@@ -89,3 +89,32 @@ fn endpoints_traffic_must_never_reach_are_left_out() {
     assert_eq!(endpoints(&model, "10.96.80.3", 80, Tcp).unwrap(), ["10.244.8.3:8080"]);
     assert_eq!(reasons(&skipped, "lab/odd:http"), [UnusableEndpointAddress; 5]);
 }
+
+#[test]
+fn a_node_port_on_the_agents_own_port_is_left_out() {
+    // kube-proxy's /healthz port, 10256: a NodePort there would answer a
+    // load balancer's or a monitor's check of the proxy with a pod.
+    let snapshot = load(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sneaky, namespace: lab}
+spec:
+  type: NodePort
+  clusterIP: 10.96.80.9
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 10256}
+  - {name: admin, port: 81, protocol: TCP, targetPort: 8081, nodePort: 30809}
+"#,
+    );
+    let config = Config {
+        node_ips: vec!["172.18.0.3".parse().unwrap()],
+        reserved_node_ports: vec![10256, 10249],
+        ..Config::default()
+    };
+    let (model, skipped) = build(&snapshot, &config);
+    assert_eq!(reasons(&skipped, "lab/sneaky:http"), [NodePortReserved]);
+    assert!(!model.frontends.contains_key(&frontend_at(NodePort, "172.18.0.3", 10256, Tcp)));
+    assert!(model.frontends.contains_key(&frontend_at(NodePort, "172.18.0.3", 30809, Tcp)));
+    assert!(served(&model, ClusterIp, "10.96.80.9"));
+}
