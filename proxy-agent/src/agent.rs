@@ -157,6 +157,9 @@ pub async fn run(bpffs: &Path, layout: PinLayout, args: RunArgs) -> anyhow::Resu
     let node_name = node_name(&args)?;
     let mut telemetry = Telemetry::start(&args.telemetry);
     let mut source = Source::new(&args, &node_name).await?;
+    if let Source::Kube(kube) = &source {
+        telemetry.watch_source(kube.health.clone());
+    }
     datapath::ensure_bpffs(bpffs)?;
     let _only_agent = datapath::lock_node(&layout.root).await?;
     let mut ebpf = datapath::load(&layout)?;

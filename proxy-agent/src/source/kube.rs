@@ -21,6 +21,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use super::watch_health::{QuickBackoff, WatchHealth};
 use super::Changes;
 use crate::model::{
     object_name, slice_owner, ServiceName, ServiceObjects, Slice, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
@@ -34,6 +35,7 @@ pub struct KubeSource {
     pub changed: Arc<Notify>,
     /// Woken when a watch has first listed everything.
     listed: Arc<Notify>,
+    pub health: Arc<WatchHealth>,
 }
 
 /// What the watches saw change since the sync loop last looked. The stores
@@ -131,11 +133,12 @@ impl KubeSource {
             services: HashSet::new(),
             slices: SliceIndex::default(),
         }));
+        let health = Arc::new(WatchHealth::default());
         let (noted, first_list) = (pending.clone(), listed.clone());
         let services = spawn_reflector(
             Api::all(client.clone()),
             watcher::Config::default().labels(&service_selector(proxy_name)),
-            changed.clone(),
+            (changed.clone(), health.clone()),
             "services",
             move |event, _| {
                 let mut pending = lock(&noted);
@@ -152,7 +155,7 @@ impl KubeSource {
         let slices = spawn_reflector(
             Api::all(client.clone()),
             watcher::Config::default().labels(&format!("{LABEL_SERVICE_NAME},!{LABEL_HEADLESS}")),
-            changed.clone(),
+            (changed.clone(), health.clone()),
             "endpointslices",
             move |event, store| {
                 let mut pending = lock(&noted);
@@ -170,11 +173,22 @@ impl KubeSource {
                 pending.services.extend(owners.into_iter().flatten());
             },
         );
+        // While a watch fails, whether the API server answers at all: a
+        // resumed watch shows nothing until an object changes.
+        let (probe, watches) = (client.clone(), health.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if watches.any_failing() && probe.apiserver_version().await.is_ok() {
+                    watches.api_answered(std::time::Instant::now());
+                }
+            }
+        });
         let (noted, first_list) = (pending.clone(), listed.clone());
         let node = spawn_reflector(
             Api::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-            changed.clone(),
+            (changed.clone(), health.clone()),
             "node",
             move |event, _| {
                 if let watcher::Event::InitDone = event {
@@ -189,6 +203,7 @@ impl KubeSource {
             pending,
             changed,
             listed,
+            health,
         }
     }
 
@@ -304,7 +319,7 @@ impl Resource for Slice {
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
-    changed: Arc<Notify>,
+    (changed, health): (Arc<Notify>, Arc<WatchHealth>),
     what: &'static str,
     mut note: impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static,
 ) -> Store<K>
@@ -315,12 +330,13 @@ where
     let (reader, writer) = reflector::store();
     let store = reader.clone();
     tokio::spawn(async move {
-        let events = watcher(api, config).default_backoff().modify(|object| trim(object.meta_mut()));
+        let events = watcher(api, config).backoff(QuickBackoff::default()).modify(|object| trim(object.meta_mut()));
         let stream = reflector::reflector(writer, events);
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    health.succeeded(what);
                     note(&event, &store);
                     if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) {
                         changed.notify_one();
@@ -329,7 +345,8 @@ where
                 Err(error) => {
                     // The store keeps its last state, and the maps keep what
                     // was programmed from it, until the watch is back.
-                    tracing::warn!(resource = what, %error, "watch failed; retrying with backoff");
+                    tracing::warn!(resource = what, %error, "watch failed; retrying within a second");
+                    health.failed(what, std::time::Instant::now(), error.to_string());
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 pub mod dir_changes;
 pub mod kube;
+pub mod watch_health;
 pub mod yaml_dir;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 
 use crate::datapath::{CtTable, PinLayout, PinnedMaps};
+use crate::source::watch_health::{WatchHealth, WATCH_TIMEOUT};
 use crate::skip::Skipped;
 use crate::tables::Tables;
 use health::{SyncHealth, HEALTH_TIMEOUT};
@@ -107,6 +108,8 @@ struct Shared {
     /// Opened once the programs are loaded and the maps pinned.
     datapath: OnceLock<Mutex<PinnedMaps>>,
     conntrack: Mutex<Option<(Instant, Vec<(&'static str, u64)>)>>,
+    /// The API server's watches, when the source is the API server.
+    watches: OnceLock<Arc<WatchHealth>>,
 }
 
 pub struct Telemetry {
@@ -126,6 +129,7 @@ impl Telemetry {
             metrics: Mutex::new(Metrics::default()),
             datapath: OnceLock::new(),
             conntrack: Mutex::new(None),
+            watches: OnceLock::new(),
         });
         let mut servers = Vec::new();
         let probes = flags.healthz_bind_address.0;
@@ -206,6 +210,11 @@ impl Telemetry {
         *current = problems;
     }
 
+    /// Lets `/healthz` see the source's watches fail.
+    pub fn watch_source(&self, watches: Arc<WatchHealth>) {
+        let _ = self.shared.watches.set(watches);
+    }
+
     pub fn udp_sockets_aborted(&self, count: usize) {
         self.shared.metrics.lock().unwrap().udp_sockets_aborted += count as u64;
     }
@@ -239,8 +248,13 @@ impl Shared {
     /// The sync's health, and the datapath's: maps as the API says them are
     /// no use where no program reads them.
     fn healthz(&self) -> health::Verdict {
-        let verdict = self.health.lock().unwrap().healthz(Instant::now());
-        health::with_datapath_problems(verdict, &self.datapath_problems.lock().unwrap())
+        let now = Instant::now();
+        let verdict = self.health.lock().unwrap().healthz(now);
+        let mut problems = self.datapath_problems.lock().unwrap().clone();
+        if let Some(watches) = self.watches.get() {
+            problems.extend(watches.problem(now, WATCH_TIMEOUT));
+        }
+        health::with_datapath_problems(verdict, &problems)
     }
 
     /// Blocking: reads maps.
