@@ -316,6 +316,7 @@ enum Source {
         seen: Option<yaml_dir::Fingerprint>,
         /// What the last read found, to tell which Services changed.
         last: Option<ByService>,
+        reader: yaml_dir::DirReader,
     },
     Kube(KubeSource),
 }
@@ -328,6 +329,7 @@ impl Source {
                 poll: Duration::from_millis(args.poll_ms),
                 seen: yaml_dir::fingerprint(path).ok(),
                 last: None,
+                reader: yaml_dir::DirReader::default(),
             });
         }
         let client = source::kube::client(args.kubeconfig.as_deref()).await?;
@@ -386,8 +388,8 @@ impl Source {
     /// What changed since the last read; everything when `all`.
     fn read(&mut self, all: bool) -> anyhow::Result<(Changes, Vec<Skipped>)> {
         match self {
-            Source::Dir { path, last, .. } => {
-                let (snapshot, skipped) = yaml_dir::read(path)?;
+            Source::Dir { path, last, reader, .. } => {
+                let (snapshot, skipped) = reader.read(path)?;
                 let slices: Vec<_> = snapshot.slices.iter().map(|s| Arc::new(Slice::from(&**s))).collect();
                 let now = ByService::group(&snapshot.services, &slices);
                 let changes = match last.as_ref().filter(|_| !all) {
@@ -576,8 +578,10 @@ impl Sync {
         for s in &skipped {
             if !self.last_skipped.contains(s) {
                 match &s.held_by {
-                    Some(holder) => tracing::warn!(object = %s.object, reason = s.reason.label(), held_by = %holder, "skipped: another Service holds the frontend"),
-                    None => tracing::warn!(object = %s.object, reason = s.reason.label(), "skipped"),
+                    // Debug-formatted: names are anyone's text, and a
+                    // newline must not start a log line of its own.
+                    Some(holder) => tracing::warn!(object = ?s.object, reason = s.reason.label(), held_by = ?holder, "skipped: another Service holds the frontend"),
+                    None => tracing::warn!(object = ?s.object, reason = s.reason.label(), "skipped"),
                 }
             }
         }

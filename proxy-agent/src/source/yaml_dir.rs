@@ -4,6 +4,7 @@
 //! files in ways inotify reports unevenly, and a 200 ms poll of a few stat
 //! calls costs nothing.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,41 +43,92 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads every manifest in `dir`. A file or object that does not parse is
-/// reported and left out; the rest is returned.
+/// Reads every manifest in `dir` once. A file or object that does not
+/// parse is reported and left out; the rest is returned.
+#[cfg(test)]
 pub fn read(dir: &Path) -> std::io::Result<(Snapshot, Vec<Skipped>)> {
-    let mut snapshot = Snapshot::default();
-    let mut skipped = Vec::new();
-    for path in manifest_files(dir)? {
-        let text = std::fs::read_to_string(&path)?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        parse_documents(&text, &name, &mut snapshot, &mut skipped);
+    DirReader::default().read(dir)
+}
+
+/// Reads a directory again and again, remembering each file's last content
+/// that parsed whole: a file that stops parsing (an edit half saved, a
+/// typo) or cannot be read (not UTF-8, unreadable) keeps its Services as
+/// they were, reported, instead of withdrawing them; the other files are
+/// read as ever.
+#[derive(Default)]
+pub struct DirReader {
+    last_good: HashMap<PathBuf, Snapshot>,
+}
+
+impl DirReader {
+    pub fn read(&mut self, dir: &Path) -> std::io::Result<(Snapshot, Vec<Skipped>)> {
+        let mut snapshot = Snapshot::default();
+        let mut skipped = Vec::new();
+        let files = manifest_files(dir)?;
+        self.last_good.retain(|path, _| files.contains(path));
+        for path in files {
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let mut part = Snapshot::default();
+            let mut file_skipped = Vec::new();
+            match std::fs::read(&path).map(String::from_utf8) {
+                Ok(Ok(text)) => parse_documents(&text, &name, &mut part, &mut file_skipped),
+                Ok(Err(_)) => unparsable(&name, "not UTF-8", &mut file_skipped),
+                Err(error) => unparsable(&name, &error.to_string(), &mut file_skipped),
+            }
+            if file_skipped.iter().any(|s| s.reason == SkipReason::Unparsable) {
+                if let Some(good) = self.last_good.get(&path) {
+                    tracing::warn!(file = name, "keeping the file's last content that parsed");
+                    part = good.clone();
+                }
+            } else {
+                self.last_good.insert(path, part.clone());
+            }
+            snapshot.services.extend(part.services);
+            snapshot.slices.extend(part.slices);
+            skipped.extend(file_skipped);
+        }
+        Ok((snapshot, skipped))
     }
-    Ok((snapshot, skipped))
+}
+
+fn unparsable(origin: &str, error: &str, skipped: &mut Vec<Skipped>) {
+    tracing::warn!(file = origin, error, "manifest does not parse; skipped");
+    skipped.push(Skipped {
+        object: origin.to_string(),
+        reason: SkipReason::Unparsable,
+        held_by: None,
+    });
+}
+
+/// The documents of a multi-document YAML text, split at `---` lines
+/// before parsing, so that one that does not parse leaves the others
+/// alone (serde_yaml 0.9 would give up the rest of the stream, and repeat a
+/// syntax error forever if asked for more: dtolnay/serde-yaml#193).
+fn documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(line[3..].trim_start().to_string());
+            docs.last_mut().unwrap().push('\n');
+        } else {
+            let doc = docs.last_mut().unwrap();
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|d| !d.trim().is_empty());
+    docs
 }
 
 pub fn parse_documents(text: &str, origin: &str, snapshot: &mut Snapshot, skipped: &mut Vec<Skipped>) {
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let yaml: Result<serde_yaml::Value, _> = serde::Deserialize::deserialize(document);
-        // After a syntax error serde_yaml 0.9 yields the same failing
-        // document forever (dtolnay/serde-yaml#193), so the rest of the
-        // file is given up.
-        let stop = yaml.is_err();
-        let value = match yaml
+    for document in documents(text) {
+        let value = match serde_yaml::from_str::<serde_yaml::Value>(&document)
             .map_err(|e| e.to_string())
             .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
         {
             Ok(value) => value,
             Err(error) => {
-                tracing::warn!(file = origin, %error, "manifest does not parse; skipped");
-                skipped.push(Skipped {
-                    object: origin.to_string(),
-                    reason: SkipReason::Unparsable,
-                    held_by: None,
-                });
-                if stop {
-                    break;
-                }
+                unparsable(origin, &error, skipped);
                 continue;
             }
         };
@@ -112,7 +164,9 @@ fn add_object(value: Value, origin: &str, snapshot: &mut Snapshot, skipped: &mut
         _ => Ok(()),
     };
     if let Err((object, error)) = result {
-        tracing::warn!(file = origin, %object, kind, %error, "object does not match its kind's schema; skipped");
+        // Debug-formatted: a name is anyone's text, and a newline in it
+        // must not start a log line of its own.
+        tracing::warn!(file = origin, ?object, kind, %error, "object does not match its kind's schema; skipped");
         skipped.push(Skipped {
             object,
             reason: SkipReason::Unparsable,

@@ -351,3 +351,45 @@ fn temp_dirs_are_removed() {
     };
     assert!(!path.exists());
 }
+
+fn service_doc(name: &str, ip: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: lab\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n")
+}
+
+#[test]
+fn a_broken_document_leaves_the_documents_after_it_in_the_file() {
+    let text = [service_doc("first", "10.96.32.1"), "kind: Service\nmetadata: {name: [\n".to_string(), service_doc("third", "10.96.32.3")].join("---\n");
+    let (mut snapshot, mut skipped) = (Snapshot::default(), Vec::new());
+    crate::source::yaml_dir::parse_documents(&text, "three.yaml", &mut snapshot, &mut skipped);
+    assert_eq!(names(&snapshot.services), ["lab/first", "lab/third"]);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+}
+
+#[test]
+fn a_file_that_stops_parsing_keeps_its_last_good_content_and_the_others_are_read() {
+    let dir = TempDir::new("last-good");
+    let mut reader = crate::source::yaml_dir::DirReader::default();
+    dir.write("a.yaml", &service_doc("a", "10.96.33.1"));
+    dir.write("b.yaml", &service_doc("b", "10.96.33.2"));
+    let (snapshot, skipped) = reader.read(dir.path()).unwrap();
+    assert_eq!(names(&snapshot.services), ["lab/a", "lab/b"]);
+    assert!(skipped.is_empty());
+
+    // A typo in a.yaml, a file that is not UTF-8, and a new Service in b.yaml.
+    dir.write("a.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: a\n");
+    std::fs::write(dir.path().join("c.yaml"), [0xff, 0xfe, b'k', b'i']).unwrap();
+    dir.write("b.yaml", &[service_doc("b", "10.96.33.2"), service_doc("b2", "10.96.33.3")].join("---\n"));
+    let (snapshot, skipped) = reader.read(dir.path()).unwrap();
+    let mut got = names(&snapshot.services);
+    got.sort();
+    assert_eq!(got, ["lab/a", "lab/b", "lab/b2"], "a.yaml's last good content is kept");
+    let mut objects: Vec<&str> = skipped.iter().map(|s| s.object.as_str()).collect();
+    objects.sort();
+    assert_eq!(objects, ["a.yaml", "c.yaml"], "{skipped:?}");
+
+    // Fixed: its new content counts. Deleted: its Services go.
+    dir.write("a.yaml", &service_doc("a-fixed", "10.96.33.4"));
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    let (snapshot, _) = reader.read(dir.path()).unwrap();
+    assert_eq!(names(&snapshot.services), ["lab/a-fixed"]);
+}
