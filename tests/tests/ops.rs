@@ -70,6 +70,9 @@ fn metrics_and_probes_match_the_traffic_sent() {
     assert_eq!(sample(&metrics, "ebpf_proxy_services"), 1.0);
     assert_eq!(sample(&metrics, "ebpf_proxy_frontends"), 2.0);
     assert_eq!(sample(&metrics, "ebpf_proxy_backends"), 6.0);
+    // How full each map is, over its capacity (Cilium's bpf_map_pressure).
+    assert_eq!(sample(&metrics, "ebpf_proxy_map_pressure{map=\"SERVICES\"}"), 2.0 / 65_536.0);
+    assert_eq!(sample(&metrics, "ebpf_proxy_map_pressure{map=\"BACKENDS\"}"), 6.0 / 131_072.0);
     assert_eq!(sample(&metrics, "ebpf_proxy_skipped_objects{reason=\"invalid_cluster_ip\"}"), 1.0);
     assert_eq!(sample(&metrics, "ebpf_proxy_skip_events_total{reason=\"invalid_cluster_ip\"}"), 1.0);
     assert_eq!(sample(&metrics, "ebpf_proxy_map_write_failures_total"), 0.0);

@@ -66,6 +66,7 @@ pub struct Metrics {
     services: u64,
     frontends: u64,
     backends: u64,
+    slots: u64,
     health_check_servers: u64,
     /// Per reason; a reason once seen stays, at 0 when nothing is skipped
     /// for it any more, so the series does not vanish mid-graph.
@@ -105,6 +106,7 @@ impl Default for Metrics {
             services: 0,
             frontends: 0,
             backends: 0,
+            slots: 0,
             health_check_servers: 0,
             skipped_now: BTreeMap::new(),
             skip_events: BTreeMap::new(),
@@ -122,6 +124,8 @@ pub struct Programmed {
     pub services: usize,
     pub frontends: usize,
     pub backends: usize,
+    /// Entries of the backend-slot map (one per backend of each frontend).
+    pub slots: usize,
     pub health_check_servers: usize,
 }
 
@@ -138,6 +142,7 @@ impl Metrics {
         self.services = p.services as u64;
         self.frontends = p.frontends as u64;
         self.backends = p.backends as u64;
+        self.slots = p.slots as u64;
         self.health_check_servers = p.health_check_servers as u64;
         self.map_write_failures += failed_writes as u64;
     }
@@ -187,6 +192,23 @@ impl Metrics {
         ] {
             out.family(name, "gauge", help);
             out.sample(name, &[], value as f64);
+        }
+        // Cilium's bpf_map_pressure: how full each map is, so an operator
+        // sees a capacity coming before a write fails.
+        out.family("ebpf_proxy_map_pressure", "gauge", "Fill ratio of each map: entries wanted (or counted, for conntrack) over capacity.");
+        use proxy_common::maps::{MAX_BACKENDS, MAX_BACKEND_SLOTS, MAX_CONNTRACK, MAX_CONNTRACK_NEW, MAX_SERVICES};
+        for (map, entries, capacity) in [
+            ("SERVICES", self.frontends, MAX_SERVICES),
+            ("BACKEND_SLOTS", self.slots, MAX_BACKEND_SLOTS),
+            ("BACKENDS", self.backends, MAX_BACKENDS),
+        ] {
+            out.sample("ebpf_proxy_map_pressure", &[("map", map)], entries as f64 / capacity as f64);
+        }
+        if let Some(tables) = &datapath.conntrack_entries {
+            for (table, n) in tables {
+                let (map, capacity) = if *table == "new" { ("CONNTRACK_NEW", MAX_CONNTRACK_NEW) } else { ("CONNTRACK", MAX_CONNTRACK) };
+                out.sample("ebpf_proxy_map_pressure", &[("map", map)], *n as f64 / capacity as f64);
+            }
         }
         out.family("ebpf_proxy_skipped_objects", "gauge", "Objects or parts of objects left out by the last sync, by reason.");
         for (reason, n) in &self.skipped_now {
@@ -321,6 +343,7 @@ mod tests {
             services: 3,
             frontends: 5,
             backends: 6,
+            slots: 65_536,
             health_check_servers: 1,
         };
         m.programmed(p, 2);
@@ -337,6 +360,9 @@ mod tests {
         assert_eq!(value(&text, "ebpf_proxy_datapath_verdicts_total{verdict=\"translated\"}"), 60.0);
         assert_eq!(value(&text, "ebpf_proxy_conntrack_entries{table=\"established\"}"), 120.0);
         assert_eq!(value(&text, "ebpf_proxy_conntrack_entries{table=\"new\"}"), 7.0);
+        assert_eq!(value(&text, "ebpf_proxy_map_pressure{map=\"BACKEND_SLOTS\"}"), 0.25);
+        assert_eq!(value(&text, "ebpf_proxy_map_pressure{map=\"SERVICES\"}"), 5.0 / 65_536.0);
+        assert_eq!(value(&text, "ebpf_proxy_map_pressure{map=\"CONNTRACK\"}"), 120.0 / 262_144.0);
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl Telemetry {
             services: report.served.services,
             frontends: report.tables.services.len(),
             backends: report.tables.backends.len(),
+            slots: report.tables.slots.len(),
             health_check_servers: report.served.health_checks.len(),
         };
         m.programmed(programmed, report.failed_writes);
