@@ -103,13 +103,8 @@ pub fn ct4_lookup_reply(key: &CtKey, closing: bool) -> Option<CtValue> {
 /// flow's tuple now carries another flow.
 #[inline(always)]
 pub fn ct4_forget(key: &CtKey) {
-    // SAFETY: only looked at, to skip the delete in the common case.
-    if unsafe { CONNTRACK.get(key) }.is_some() {
-        let _ = CONNTRACK.remove(key);
-    }
-    if unsafe { CONNTRACK_NEW.get(key) }.is_some() {
-        let _ = CONNTRACK_NEW.remove(key);
-    }
+    forget(&CONNTRACK, key);
+    forget(&CONNTRACK_NEW, key);
 }
 
 /// Marks an entry of a flow that saw a FIN or RST: it is over once idle for
@@ -261,9 +256,15 @@ pub fn ct4_create(orig: &CtKey, svc: &ServiceValue, nat: &Nat) -> Result<(), i64
 
 #[inline(always)]
 fn forget_established(key: &CtKey) {
+    forget(&CONNTRACK, key);
+}
+
+/// Deletes the entry at `key` from `table`, if there is one.
+#[inline(always)]
+fn forget(table: &LruHashMap<CtKey, CtValue>, key: &CtKey) {
     // SAFETY: only looked at, to skip the delete in the common case.
-    if unsafe { CONNTRACK.get(key) }.is_some() {
-        let _ = CONNTRACK.remove(key);
+    if unsafe { table.get(key) }.is_some() {
+        let _ = table.remove(key);
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binaries, http_get, sample, SYNC_TIMEOUT};
+use common::{api_lab, binaries, http_get, sample, SYNC_TIMEOUT};
 use proxy_lab::manifests::ServiceSpec;
 use proxy_lab::privilege::require_root;
 use proxy_lab::{Lab, Summary};
@@ -26,10 +26,7 @@ fn an_external_ip_cannot_take_another_services_load_balancer_ip() {
     if !require_root("an_external_ip_cannot_take_another_services_load_balancer_ip") {
         return;
     }
-    let lab = Lab::up(binaries()).expect("lab up");
-    let _api = lab.start_apiserver().expect("API server");
-    lab.register_nodes().unwrap();
-    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    let (lab, _api) = api_lab(&["web-1", "web-2", "web-3"]);
     let mut web = ServiceSpec::new("web", "10.96.0.10", 80).on_pods(&lab, &["web-1", "web-2"]);
     web.node_port = Some(30080);
     web.load_balancer_ips = vec![LB_IP.into()];
@@ -70,10 +67,7 @@ fn external_ips_outside_the_operators_cidrs_are_not_served() {
     if !require_root("external_ips_outside_the_operators_cidrs_are_not_served") {
         return;
     }
-    let lab = Lab::up(binaries()).expect("lab up");
-    let _api = lab.start_apiserver().expect("API server");
-    lab.register_nodes().unwrap();
-    lab.start_backends(&["web-3"]).unwrap();
+    let (lab, _api) = api_lab(&["web-3"]);
     let mut svc = ServiceSpec::new("ext", "10.96.0.61", 80).on_pods(&lab, &["web-3"]);
     svc.external_ips = vec!["10.200.0.60".into(), "10.201.0.60".into()];
     lab.kubectl_apply(&svc.yaml()).unwrap();

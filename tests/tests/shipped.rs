@@ -18,7 +18,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{binaries, SYNC_TIMEOUT};
+use common::{api_lab, binaries, SYNC_TIMEOUT};
 use proxy_lab::lab::wait_until;
 use proxy_lab::manifests::ServiceSpec;
 use proxy_lab::privilege::require_root;
@@ -306,10 +306,7 @@ fn a_reused_source_port_never_gets_another_flows_frontend() {
     if !require_root("a_reused_source_port_never_gets_another_flows_frontend") {
         return;
     }
-    let lab = Lab::up(binaries()).expect("lab up");
-    let _api = lab.start_apiserver().expect("API server");
-    lab.register_nodes().unwrap();
-    lab.start_backends(&["web-1", "web-2", "web-3"]).unwrap();
+    let (lab, _api) = api_lab(&["web-1", "web-2", "web-3"]);
     lab.kubectl_apply(&web(&lab, &["web-2"])).unwrap();
     lab.kubectl_apply(&dns(&lab, &["web-2"])).unwrap();
     let agent = lab.start_agent_on_api(0).unwrap();

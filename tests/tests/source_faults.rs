@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{binaries, http_get, SYNC_TIMEOUT};
+use common::{api_lab, http_get, SYNC_TIMEOUT};
 use proxy_lab::lab::wait_until;
 use proxy_lab::manifests::ServiceSpec;
 use proxy_lab::privilege::require_root;
@@ -24,10 +24,7 @@ fn the_api_server_going_away_makes_the_node_unready_and_its_return_is_followed_a
     if !require_root("the_api_server_going_away_makes_the_node_unready_and_its_return_is_followed_at_once") {
         return;
     }
-    let lab = Lab::up(binaries()).expect("lab up");
-    let api = lab.start_apiserver().expect("API server");
-    lab.register_nodes().unwrap();
-    lab.start_backends(&["web-1", "web-2"]).unwrap();
+    let (lab, api) = api_lab(&["web-1", "web-2"]);
     let web = |pods: &[&str]| ServiceSpec::new("web", "10.96.0.10", 80).on_pods(&lab, pods).yaml();
     lab.kubectl_apply(&web(&["web-1"])).unwrap();
     let agent = lab.start_agent_on_api(0).expect("agent");

@@ -20,9 +20,9 @@ use k8s_openapi::api::core::v1::Service;
 
 use super::{
     claim, claimant, conflict_skip, endpoints, external_claim, is_duplicate, node_port_ips, object_name, owned_claims,
-    service_fragment, shadows, Claim, Claimant, Config, Frontend, FrontendEntry, FrontendKind, Model, ServiceFragment, Slice,
+    service_fragment, shadow_skip, shadows, Claim, Claimant, Config, Frontend, FrontendEntry, FrontendKind, Model, ServiceFragment, Slice,
 };
-use crate::skip::{SkipReason, Skipped};
+use crate::skip::Skipped;
 
 /// A Service's namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -179,8 +179,7 @@ impl LiveModel {
             for (who, frontend) in &claimants.by_order {
                 let entry = self.entry_of(who);
                 if let Some(owner) = self.shadowed_by(c, frontend, entry) {
-                    let s = &entry.service;
-                    skipped.push(Skipped::port(&s.namespace, &s.name, &s.port, SkipReason::ExternalIpConflict).held_by(&owner.service));
+                    skipped.push(shadow_skip(entry, owner));
                     continue;
                 }
                 let Some((holder, holder_entry)) = holder else { continue };
@@ -189,7 +188,7 @@ impl LiveModel {
                     continue;
                 }
                 if is_duplicate((&holder, holder_entry), (frontend, entry)) {
-                    skipped.push(conflict_skip((&holder, holder_entry), &(*frontend, entry.clone())));
+                    skipped.push(conflict_skip((&holder, holder_entry), (frontend, entry)));
                 }
             }
         }

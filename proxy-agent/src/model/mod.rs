@@ -428,7 +428,7 @@ pub fn is_duplicate(holder: (&Frontend, &FrontendEntry), loser: (&Frontend, &Fro
 
 /// What a frontend that lost its claim to `holder` is reported as: an
 /// externalIP that met an address its holder owns, or a duplicate.
-pub fn conflict_skip(holder: (&Frontend, &FrontendEntry), loser: &(Frontend, FrontendEntry)) -> Skipped {
+pub fn conflict_skip(holder: (&Frontend, &FrontendEntry), loser: (&Frontend, &FrontendEntry)) -> Skipped {
     let s = &loser.1.service;
     let reason = if loser.0.kind == FrontendKind::ExternalIp && holder.0.kind != FrontendKind::ExternalIp {
         SkipReason::ExternalIpConflict
@@ -436,6 +436,12 @@ pub fn conflict_skip(holder: (&Frontend, &FrontendEntry), loser: &(Frontend, Fro
         SkipReason::DuplicateFrontend
     };
     Skipped::port(&s.namespace, &s.name, &s.port, reason).held_by(&holder.1.service)
+}
+
+/// What an externalIP that would shadow `owner`'s address is reported as.
+pub fn shadow_skip(entry: &FrontendEntry, owner: &FrontendEntry) -> Skipped {
+    let s = &entry.service;
+    Skipped::port(&s.namespace, &s.name, &s.port, SkipReason::ExternalIpConflict).held_by(&owner.service)
 }
 
 /// Whether `frontend`, an externalIP of the Service `service`, would shadow

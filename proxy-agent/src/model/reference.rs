@@ -53,8 +53,7 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &
             let (_, frontend, entry) = item;
             let shadowed = owned_claims(c).iter().filter_map(owner).find(|o| shadows(frontend, &entry.service, o));
             if let Some(o) = shadowed {
-                let s = &entry.service;
-                skipped.push(Skipped::port(&s.namespace, &s.name, &s.port, SkipReason::ExternalIpConflict).held_by(&o.service));
+                skipped.push(shadow_skip(entry, o));
                 continue;
             }
             match holder {
@@ -64,7 +63,7 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], config: &
                 }
                 Some(h) => {
                     if is_duplicate(h, (frontend, entry)) {
-                        skipped.push(conflict_skip(h, &(*frontend, entry.clone())));
+                        skipped.push(conflict_skip(h, (frontend, entry)));
                     }
                 }
             }

@@ -17,6 +17,16 @@ pub const HOST_ONLY: (&str, &str) = ("SOCKET_LB_HOST_NAMESPACE_ONLY", "true");
 /// The XDP fast path, on the lab nodes' devices, which are veths.
 pub const XDP_ON_VETHS: [(&str, &str); 2] = [("XDP", "true"), ("XDP_ON_VETH", "true")];
 
+/// A lab with its API server running (kept alive by the returned handle),
+/// the nodes registered, and lab-backend serving in `backends`.
+pub fn api_lab(backends: &[&str]) -> (proxy_lab::Lab, proxy_lab::control_plane::ApiServer) {
+    let lab = proxy_lab::Lab::up(binaries()).expect("lab up");
+    let api = lab.start_apiserver().expect("API server");
+    lab.register_nodes().unwrap();
+    lab.start_backends(backends).unwrap();
+    (lab, api)
+}
+
 pub fn binaries() -> Binaries {
     // proxy-agent belongs to another package of the workspace: it sits next
     // to this package's binaries in the target directory, unless
